@@ -1,0 +1,39 @@
+# Two commands: `make demo` and `make test`. Each creates/refreshes .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch: on this kind of machine pip takes torch==2.13.0 from a local
+# wheel; elsewhere the PyTorch CPU index serves it. Never a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" || \
+	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/lossmap demo --out runs/demo
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]" || echo "bench extra unavailable: peers skipped"
+	$(BIN)/python benchmarks/surface.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,33 @@
+"""lossmap: loss landscape analysis for PyTorch models.
+
+>>> import lossmap as lm
+>>> land = lm.examples.linear_regression()
+>>> curve = lm.line(land, "bias", span=(1, 3), steps=5)
+>>> curve["loss"].shape
+(5,)
+"""
+
+__version__ = "0.1.0"
+
+from lossmap import directions, examples, vectors
+from lossmap.landscape import Landscape
+from lossmap.results import Curve, Surface, load
+from lossmap.slices import interpolate, line, plane
+
+__all__ = [
+    # the landscape
+    "Landscape",
+    # views
+    "interpolate",
+    "line",
+    "plane",
+    # results
+    "Curve",
+    "Surface",
+    "load",
+    # modules
+    "directions",
+    "examples",
+    "vectors",
+    "__version__",
+]

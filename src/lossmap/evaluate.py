@@ -1,0 +1,551 @@
+"""The evaluation engine: the loss and metrics at many points, fast.
+
+Every view of the landscape (lines, planes, paths) ends here. Points are either a
+*span* ``θ = origin + Σ_k c_k d_k`` (lines, planes, interpolation) or an explicit
+list. The engine never writes into the model: points are passed to
+:func:`torch.func.functional_call`. Data are held on the device once (or a loader is
+streamed once per chunk of points, each batch serving every point of the chunk).
+
+Strategies (``strategy=``):
+
+- ``"loop"``: one point at a time; the fallback that runs any model.
+- ``"vmap"``: a chunk of points per call with :func:`torch.vmap`; wins where the
+  per-call overhead dominates (small models, small data).
+- ``"affine"``: for spans of ``nn.Sequential`` models whose first layer with
+  parameters is ``Linear``/``ConvNd``: the layer is affine in its parameters, so
+  ``layer(X; W0 + Σ c_k D_k) = layer(X; W0) + Σ c_k layer(X; D_k)`` is computed once
+  per batch and every point only runs the rest of the network; wins where compute
+  dominates.
+- ``"affine-vmap"``: both.
+- ``"auto"``: times the eligible strategies on the first points and keeps the fastest;
+  the choice, the timings and the reason are recorded in the result's metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lossmap import vectors as V
+from lossmap.landscape import Batch, Landscape, available_memory, batch_size
+
+__all__ = ["STRATEGIES", "EvalResult", "Explicit", "Span", "chunks", "run"]
+
+STRATEGIES = ("auto", "loop", "vmap", "affine", "affine-vmap")
+Progress = Callable[[int, int], None]
+
+
+# ------------------------------------------------------------------ point sets
+@dataclass
+class Span:
+    """Points ``origin + coeffs[i] @ directions`` (``coeffs``: ``[n_points, K]``)."""
+
+    origin: V.Vector
+    directions: list[V.Vector]
+    coeffs: np.ndarray
+    _stacked: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.coeffs = np.asarray(self.coeffs, dtype=np.float64)
+        if self.coeffs.ndim != 2 or self.coeffs.shape[1] != len(self.directions):
+            raise ValueError(
+                f"coeffs must have shape [n_points, {len(self.directions)}], got {self.coeffs.shape}"
+            )
+        self._stacked = {
+            k: torch.stack([d[k].to(t.dtype) for d in self.directions])
+            if self.directions
+            else t[None] * 0
+            for k, t in self.origin.items()
+        }
+
+    def __len__(self) -> int:
+        return int(self.coeffs.shape[0])
+
+    def coeff_tensor(self, idx: np.ndarray, like: Tensor) -> Tensor:
+        return torch.as_tensor(self.coeffs[idx], dtype=like.dtype, device=like.device)
+
+    def stacked(self, idx: np.ndarray, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """The points ``idx`` as ``{name: Tensor[len(idx), *shape]}`` (only ``keys``)."""
+        out = {}
+        for k in keys if keys is not None else self.origin:
+            t = self.origin[k]
+            c = self.coeff_tensor(idx, t)
+            d = self._stacked[k]
+            out[k] = t.unsqueeze(0) + (c @ d.reshape(d.shape[0], -1)).reshape(len(idx), *t.shape)
+        return out
+
+
+@dataclass
+class Explicit:
+    """An explicit list of points."""
+
+    points: Sequence[Mapping[str, Tensor]]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def stacked(self, idx: np.ndarray, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
+        keys = list(keys) if keys is not None else list(self.points[0].keys())
+        return {k: torch.stack([self.points[int(i)][k] for i in idx]) for k in keys}
+
+
+PointSet = Span | Explicit
+
+
+@dataclass
+class EvalResult:
+    """Values ``{"<data set>/<stat>": float64 array [n_points]}`` and how they were got."""
+
+    values: dict[str, np.ndarray]
+    info: dict[str, Any]
+    default_dataset: str
+
+    def values_with_aliases(self) -> dict[str, np.ndarray]:
+        out = dict(self.values)
+        prefix = self.default_dataset + "/"
+        for k, v in self.values.items():
+            if k.startswith(prefix):
+                out[k[len(prefix) :]] = v
+        return out
+
+
+def chunks(n: int, size: int) -> list[np.ndarray]:
+    """Split ``range(n)`` into consecutive index arrays of at most ``size``.
+
+    >>> [c.tolist() for c in chunks(5, 2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    return [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ------------------------------------------------------------ the affine plan
+@dataclass
+class _AffinePlan:
+    prefix: nn.Module  # parameter-free modules before the first layer
+    layer: nn.Module  # the first layer with parameters (Linear / ConvNd)
+    layer_keys: dict[str, str]  # full parameter name -> name inside the layer
+    rest: nn.Module  # everything after
+    chain: list[tuple[str, nn.Module, dict[str, str]]]  # rest as (kind, module, keys)
+
+
+def _chain(rest: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module, dict[str, str]]]:
+    """The modules of a Sequential as a flat list the engine can run without
+    ``functional_call``'s per-call overhead: ``"linear"`` (``F.linear`` with the point's
+    weights), ``"free"`` (no parameters or buffers: called as is) or ``"call"``
+    (``functional_call`` on that module alone)."""
+    out: list[tuple[str, nn.Module, dict[str, str]]] = []
+    for name, m in rest.named_children():
+        full = f"{prefix}{name}"
+        if type(m) is nn.Sequential:
+            out += _chain(m, prefix=f"{full}.")
+            continue
+        keys = {f"{full}.{p}": p for p, _ in m.named_parameters()}
+        keys.update({f"{full}.{b}": b for b, _ in m.named_buffers()})
+        if not keys:
+            out.append(("free", m, keys))
+        elif type(m) is nn.Linear:
+            out.append(("linear", m, keys))
+        else:
+            out.append(("call", m, keys))
+    return out
+
+
+_INPLACE: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, h: h.relu_(),
+    nn.Tanh: lambda m, h: h.tanh_(),
+    nn.Sigmoid: lambda m, h: h.sigmoid_(),
+    nn.LeakyReLU: lambda m, h: torch.nn.functional.leaky_relu_(h, m.negative_slope),  # type: ignore[arg-type]
+    nn.Identity: lambda m, h: h,
+    nn.Dropout: lambda m, h: h,  # eval mode only (the affine plan requires it)
+}
+
+
+def _run_chain(
+    chain: list[tuple[str, nn.Module, dict[str, str]]],
+    tensors: Mapping[str, Tensor],
+    h: Tensor,
+    bufs: dict[int, Tensor] | None = None,
+) -> Tensor:
+    """Run the chain at the point ``tensors``.
+
+    With ``bufs`` (one point at a time, not under vmap), ``h`` must be a tensor the
+    caller owns: activations are applied in place and every linear layer writes into a
+    buffer kept across points, so a point allocates no large tensor. On CPU, fresh
+    multi-hundred-kB allocations per layer cost as much as the matmuls themselves.
+    """
+    for i, (kind, m, keys) in enumerate(chain):
+        if kind == "free":
+            inplace = _INPLACE.get(type(m)) if bufs is not None else None
+            h = inplace(m, h) if inplace is not None else m(h)
+        elif kind == "linear":
+            w = tensors[next(k for k, p in keys.items() if p == "weight")]
+            b = next((tensors[k] for k, p in keys.items() if p == "bias"), None)
+            if bufs is not None and b is not None and h.ndim == 2:
+                out = bufs.get(i)
+                if out is None or out.shape != (h.shape[0], w.shape[0]) or out.dtype != h.dtype:
+                    out = bufs[i] = h.new_empty(h.shape[0], w.shape[0])
+                h = torch.addmm(b, h, w.t(), out=out)
+            else:
+                h = torch.nn.functional.linear(h, w, b)
+        else:
+            h = functional_call(m, {p: tensors[k] for k, p in keys.items()}, (h,))
+    return h
+
+
+_AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def affine_plan(land: Landscape) -> _AffinePlan | None:
+    """How to split the model for the affine first-layer shortcut, or ``None``."""
+    model = land.model
+    if land.criterion is None or land.train_mode or not isinstance(model, nn.Sequential):
+        return None
+    mods = list(model.named_children())
+    for i, (name, m) in enumerate(mods):
+        own = list(m.parameters()) + list(m.buffers())
+        if not own:
+            continue
+        if type(m) not in _AFFINE_LAYERS:
+            return None
+        keys = {f"{name}.{p}": p for p, _ in m.named_parameters()}
+        if not all(k in land._params0 for k in keys):
+            return None  # a frozen first layer: nothing to gain
+        prefix = nn.Sequential(*[mm for _, mm in mods[:i]])
+        rest = nn.Sequential()
+        for n2, m2 in mods[i + 1 :]:
+            rest.add_module(n2, m2)
+        return _AffinePlan(prefix, m, keys, rest, _chain(rest))
+    return None
+
+
+# ----------------------------------------------------------------- evaluators
+class _Evaluator:
+    """Evaluates a chunk of points on one batch with a given strategy."""
+
+    def __init__(self, land: Landscape, points: PointSet, strategy: str) -> None:
+        self.land = land
+        self.points = points
+        self.strategy = strategy
+        self.plan = affine_plan(land) if strategy.startswith("affine") else None
+        if strategy.startswith("affine") and (self.plan is None or not isinstance(points, Span)):
+            raise ValueError(
+                f"strategy {strategy!r} needs an nn.Sequential model whose first layer with "
+                "parameters is Linear/Conv, a criterion, eval mode and a line/plane/path; "
+                "use strategy='auto'"
+            )
+        self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
+        self._bufs: dict[int, Tensor] = {}
+        # The parameters each point needs (the affine strategies skip the first layer's).
+        skip = self.plan.layer_keys if self.plan is not None else {}
+        self.keys = [k for k in land._params0 if k not in skip]
+
+    # affine: per batch, the first layer at the origin and along each direction
+    def _affine_parts(self, batch: Batch, cache: bool) -> tuple[Tensor, Tensor, Any]:
+        key = id(batch)
+        if cache and key in self._cache:
+            return self._cache[key]
+        assert self.plan is not None and isinstance(self.points, Span)
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise TypeError("the affine strategy needs batches (X, y)")
+        x = self.plan.prefix(batch[0])
+        origin = {p: self.points.origin[k] for k, p in self.plan.layer_keys.items()}
+        z0 = functional_call(self.plan.layer, origin, (x,))
+        zs = [
+            functional_call(
+                self.plan.layer, {p: d[k] for k, p in self.plan.layer_keys.items()}, (x,)
+            )
+            for d in self.points.directions
+        ]
+        # Directions carry the layer's bias too: functional_call adds it once per term,
+        # which is exactly the affine expansion (bias_k enters with coefficient c_k).
+        z = torch.stack(zs) if zs else z0.unsqueeze(0) * 0
+        parts = (z0, z, batch[1])
+        if cache:
+            self._cache[key] = parts
+        return parts
+
+    def __call__(
+        self, params: dict[str, Tensor], idx: np.ndarray, batch: Batch, cache: bool
+    ) -> Tensor:
+        land = self.land
+        s = self.strategy
+        if s == "loop":
+            return torch.stack(
+                [
+                    land.batch_stats({k: v[i] for k, v in params.items()}, batch)
+                    for i in range(len(idx))
+                ]
+            )
+        if s == "vmap":
+            return torch.vmap(lambda p: land.batch_stats(p, batch))(params)
+        assert self.plan is not None and isinstance(self.points, Span)
+        z0, z, target = self._affine_parts(batch, cache)
+        n = batch_size(batch)
+        coeffs = self.points.coeff_tensor(idx, z0)
+        rest_keys = [k for k in params if k not in self.plan.layer_keys]
+        fixed = land._fixed0
+        chain = self.plan.chain
+
+        rp = {k: params[k] for k in rest_keys}
+        if s == "affine":
+            rows = []
+            h = self._bufs.get(-1)
+            if h is None or h.shape != z0.shape:
+                h = self._bufs[-1] = torch.empty_like(z0)
+            cs = self.points.coeffs[idx]
+            for i in range(len(idx)):
+                h.copy_(z0)
+                for k in range(z.shape[0]):
+                    h.add_(z[k], alpha=float(cs[i, k]))
+                p = {k: v[i] for k, v in rp.items()}
+                out = _run_chain(chain, {**fixed, **p}, h, self._bufs)
+                rows.append(land.output_stats(out, target, n))
+            return torch.stack(rows)
+
+        def one(p: dict[str, Tensor], c: Tensor) -> Tensor:
+            h = z0 + torch.tensordot(c, z, dims=1)
+            return land.output_stats(_run_chain(chain, {**fixed, **p}, h), target, n)
+
+        return torch.vmap(one)(rp, coeffs)
+
+
+# -------------------------------------------------------------- memory model
+def _activation_bytes_per_sample(land: Landscape) -> int | None:
+    """Bytes of module outputs per sample in one forward pass (measured with hooks)."""
+    cached = getattr(land, "_act_bytes", None)
+    if cached is not None:
+        return int(cached)
+    ds = next(iter(land.datasets.values()))
+    if not ds.in_memory or land.criterion is None:
+        return None
+    batch = ds.batches[0]  # type: ignore[index]
+    if not isinstance(batch, tuple | list):
+        return None
+    small = tuple(t[:2] if isinstance(t, Tensor) and t.ndim > 0 else t for t in batch)
+    total = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in land.model.modules()]
+    try:
+        with land.mode(), torch.inference_mode():
+            land.batch_stats(land._params0, small)
+    finally:
+        for h in handles:
+            h.remove()
+    per = max(1, total // max(1, batch_size(small)))
+    land._act_bytes = per  # type: ignore[attr-defined]
+    return per
+
+
+def _vmap_chunk(land: Landscape, n_points: int, budget: int) -> int:
+    per_sample = _activation_bytes_per_sample(land)
+    ds = next(iter(land.datasets.values()))
+    biggest = max((batch_size(b) for b in ds.batches), default=1) if ds.in_memory else 256  # type: ignore[union-attr]
+    param_bytes = land.num_parameters * next(iter(land._params0.values())).element_size()
+    per_point = 3 * param_bytes + (biggest * per_sample * 3 if per_sample else 4 * param_bytes)
+    # On CPU a chunk whose activations fall out of cache gets slower per point: keep a
+    # chunk's activations near 32 MB there (big chunks for tiny models, small for big).
+    cap = 1024 if land.device.type == "cuda" else max(1, min(1024, 2**25 // max(1, per_point)))
+    return int(max(1, min(cap, n_points, budget // max(1, per_point))))
+
+
+# ---------------------------------------------------------------------- run
+def _passes(
+    ev: _Evaluator,
+    land: Landscape,
+    points: PointSet,
+    idx: np.ndarray,
+    dsets: Sequence[str],
+    cache: bool,
+) -> Tensor:
+    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``."""
+    params = points.stacked(idx, ev.keys)
+    cols = []
+    for name in dsets:
+        ds = land.datasets[name]
+        acc = None
+        count = 0
+        for b in ds:
+            part = ev(params, idx, b, cache and ds.in_memory).double()
+            acc = part if acc is None else acc + part
+            count += batch_size(b)
+        if ds.size is None:
+            ds.size = count
+        assert acc is not None
+        cols.append(acc / count)
+    return torch.cat(cols, dim=1).cpu()
+
+
+def _eligible(land: Landscape, points: PointSet) -> list[str]:
+    out = ["loop"]
+    if not land.train_mode:
+        out.append("vmap")
+        if isinstance(points, Span) and affine_plan(land) is not None:
+            out += ["affine", "affine-vmap"]
+    return out
+
+
+def _time(ev: _Evaluator, params: dict[str, Tensor], idx: np.ndarray, batch: Batch) -> float:
+    t0 = time.perf_counter()
+    ev(params, idx, batch, cache=True)
+    return time.perf_counter() - t0
+
+
+def run(
+    land: Landscape,
+    points: PointSet,
+    *,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    memory_fraction: float = 0.25,
+) -> EvalResult:
+    """Evaluate every point of ``points`` on the chosen data sets.
+
+    Args:
+        land: the landscape.
+        points: a :class:`Span` or :class:`Explicit` set of points.
+        datasets: names of the data sets to evaluate (default: all).
+        strategy: one of :data:`STRATEGIES`.
+        chunk_size: points per chunk (default: from available memory).
+        progress: ``progress(done, total)`` called after each chunk.
+        memory_fraction: share of free device memory a chunk may use.
+
+    Returns:
+        :class:`EvalResult` with non-finite values stored as NaN.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    dsets = list(datasets) if datasets is not None else list(land.datasets)
+    unknown = [d for d in dsets if d not in land.datasets]
+    if unknown:
+        raise ValueError(f"unknown data set(s) {unknown}; this landscape has {list(land.datasets)}")
+    n = len(points)
+    if n == 0:
+        raise ValueError("no points to evaluate")
+    t_start = time.perf_counter()
+    budget = int(min(2**30, available_memory(land.device) * memory_fraction))
+    eligible = _eligible(land, points)
+    info: dict[str, Any] = {"n_points": n, "eligible": eligible}
+    streaming = any(not land.datasets[d].in_memory for d in dsets)
+
+    with land.mode(), torch.inference_mode():
+        vchunk = _vmap_chunk(land, n, budget)
+        if strategy == "auto":
+            strategy, reason, timings = _choose(land, points, dsets, eligible, vchunk, n)
+            info["timings_ms_per_point"] = timings
+            info["reason"] = reason
+        elif strategy not in eligible:
+            raise ValueError(
+                f"strategy {strategy!r} cannot run here (eligible: {', '.join(eligible)}); "
+                "use strategy='auto'"
+            )
+        else:
+            info["reason"] = "asked for"
+        ev = _Evaluator(land, points, strategy)
+        if chunk_size is None:
+            if strategy.endswith("vmap"):
+                chunk_size = vchunk
+            else:
+                # Loops: many points per pass when streaming, so the loader runs rarely.
+                param_bytes = land.num_parameters * 4
+                chunk_size = int(
+                    max(1, min(n, 4096 if streaming else 64, budget // (2 * param_bytes)))
+                )
+        info["strategy"] = strategy
+        info["chunk_size"] = chunk_size
+        out = np.empty((n, len(dsets) * len(land.stat_names)))
+        done = 0
+        queue = chunks(n, chunk_size)
+        while queue:
+            idx = queue.pop(0)
+            try:
+                out[idx] = _passes(ev, land, points, idx, dsets, cache=True).numpy()
+            except torch.OutOfMemoryError:
+                if len(idx) == 1:
+                    raise
+                half = len(idx) // 2
+                queue[:0] = [idx[:half], idx[half:]]
+                info["chunk_size"] = half
+                info.setdefault("oom_halvings", 0)
+                info["oom_halvings"] += 1
+                continue
+            done += len(idx)
+            if progress is not None:
+                progress(done, n)
+    out[~np.isfinite(out)] = np.nan
+    keys = [f"{d}/{s}" for d in dsets for s in land.stat_names]
+    values = {k: out[:, j].copy() for j, k in enumerate(keys)}
+    secs = time.perf_counter() - t_start
+    info["seconds"] = secs
+    info["ms_per_point"] = 1000 * secs / n
+    info["nonfinite"] = int(np.isnan(out[:, 0 :: len(land.stat_names)]).any(axis=1).sum())
+    return EvalResult(values, info, land.default_dataset)
+
+
+def _choose(
+    land: Landscape,
+    points: PointSet,
+    dsets: Sequence[str],
+    eligible: list[str],
+    vchunk: int,
+    n: int,
+) -> tuple[str, str, dict[str, float]]:
+    """Time each eligible strategy on the first points; keep the fastest per point."""
+    if n < 16 or len(eligible) == 1:
+        pick = "affine" if "affine" in eligible else "loop"
+        return pick, f"{n} point(s): too few to be worth timing", {}
+    first = land.datasets[dsets[0]]
+    batch = next(iter(first))
+    timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    skipped: list[str] = []
+    # One-point-at-a-time strategies first (cheap to time); the vmap ones only when
+    # their trial costs at most 10 % of the run (or 0.3 s), judged by the best so far.
+    order = sorted(eligible, key=lambda k: k.endswith("vmap"))
+    for s in order:
+        vm = s.endswith("vmap")
+        m = min(n, vchunk) if vm else min(n, 3)
+        if vm and timings:
+            best = min(timings.values()) / 1000
+            if 3 * m * best > max(0.1 * n * best, 0.3):
+                skipped.append(s)
+                continue
+        idx = np.arange(m)
+        try:
+            ev = _Evaluator(land, points, s)
+            params = points.stacked(idx, ev.keys)
+            for _ in range(1 if vm else 2):  # warm-up (and the affine precomputation)
+                ev(params, idx, batch, cache=True)
+            dt = min(_time(ev, params, idx, batch) for _ in range(2 if vm else 3))
+            timings[s] = 1000 * dt / m
+        except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+            errors[s] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    if not timings:
+        raise RuntimeError(f"no evaluation strategy could run this model: {errors}")
+    pick = min(timings, key=lambda k: timings[k])
+    base = timings.get("loop", math.nan)
+    reason = (
+        f"fastest when timed on {batch_size(batch)} samples: {timings[pick]:.3g} ms/point "
+        f"vs loop {base:.3g} ms/point"
+    )
+    if skipped:
+        reason += f"; not timed (trial would cost over 10 % of the run): {', '.join(skipped)}"
+    if errors:
+        reason += "; could not run: " + "; ".join(f"{k} ({v})" for k, v in errors.items())
+    return pick, reason, {k: round(v, 4) for k, v in timings.items()}

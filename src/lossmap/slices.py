@@ -1,0 +1,289 @@
+"""Lines, planes and paths through parameter space.
+
+``line(land, d)`` evaluates ``L(θ0 + α d)``; ``plane(land, d1, d2)`` evaluates
+``L(θ0 + α d1 + β d2)`` on an ``indexing="ij"`` grid; ``interpolate(land, a, b)``
+evaluates ``L((1 - t) a + t b)``. Every data set and metric of the landscape is
+evaluated at every point; θ0 (coordinate 0) is always on a grid whose span contains 0.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossmap import vectors as V
+from lossmap.directions import Direction, coordinate
+from lossmap.evaluate import Progress, Span, run
+from lossmap.landscape import Landscape
+from lossmap.results import Curve, Surface
+
+__all__ = ["MAX_POINTS", "grid", "interpolate", "line", "parse_span", "plane"]
+
+MAX_POINTS = 10_000_000
+DirectionLike = Mapping[str, Tensor] | str
+
+
+def versions() -> dict[str, str]:
+    from lossmap import __version__
+
+    return {
+        "lossmap": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def parse_span(span: object, n_axes: int) -> list[tuple[float, float]]:
+    """``r`` -> ``(-r, r)``; ``(lo, hi)`` for every axis; or one ``(lo, hi)`` per axis.
+
+    >>> parse_span(1.5, 2)
+    [(-1.5, 1.5), (-1.5, 1.5)]
+    >>> parse_span([(0, 6), (-1, 5)], 2)
+    [(0.0, 6.0), (-1.0, 5.0)]
+    """
+    if isinstance(span, int | float):
+        pairs = [(-float(span), float(span))] * n_axes
+    else:
+        try:
+            items = list(span)  # type: ignore[call-overload]
+        except TypeError:
+            raise ValueError(f"span must be a number r or (lo, hi), got {span!r}") from None
+        if len(items) == 2 and all(isinstance(x, int | float) for x in items):
+            pairs = [(float(items[0]), float(items[1]))] * n_axes
+        elif len(items) == n_axes and all(
+            isinstance(p, Sequence) and len(p) == 2 and all(isinstance(x, int | float) for x in p)
+            for p in items
+        ):
+            pairs = [(float(p[0]), float(p[1])) for p in items]
+        else:
+            raise ValueError(
+                f"span must be a number r, (lo, hi), or {n_axes} pairs (lo, hi); got {span!r}"
+            )
+    for lo, hi in pairs:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"span ({lo}, {hi}) must be finite")
+        if not lo < hi:
+            raise ValueError(
+                f"span ({lo}, {hi}) is empty or inverted; give (lo, hi) with lo < hi, e.g. (-1, 1)"
+            )
+    return pairs
+
+
+def _parse_steps(steps: object, n_axes: int) -> list[int]:
+    items = [steps] * n_axes if isinstance(steps, int) else list(steps)  # type: ignore[call-overload]
+    if len(items) != n_axes or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in items
+    ):
+        raise ValueError(f"steps must be an integer or {n_axes} integers, got {steps!r}")
+    for s in items:
+        if s < 2:
+            raise ValueError(f"steps must be at least 2 (got {s}); e.g. steps=51")
+    total = math.prod(items)
+    if total > MAX_POINTS:
+        raise ValueError(
+            f"{' x '.join(map(str, items))} = {total:,} points is too many (limit {MAX_POINTS:,}); "
+            "use fewer steps"
+        )
+    return items
+
+
+def grid(lo: float, hi: float, steps: int) -> np.ndarray:
+    """``steps`` evenly spaced coordinates from ``lo`` to ``hi``, with 0 snapped exactly.
+
+    >>> grid(-1, 1, 5).tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
+    g = np.linspace(lo, hi, steps)
+    g[np.abs(g) < 1e-12 * (hi - lo)] = 0.0
+    return g
+
+
+def _resolve(land: Landscape, d: DirectionLike, name: str) -> Direction:
+    if isinstance(d, str):
+        return coordinate(land, d)
+    v = V.check_vector(d, land._params0, name=name)
+    if isinstance(d, Direction):
+        return d
+    return Direction(v, kind="custom")
+
+
+def _meta(
+    land: Landscape,
+    origin: Mapping[str, Tensor],
+    dirs: Sequence[Direction],
+    info: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "default_dataset": land.default_dataset,
+        "datasets": {k: ds.size for k, ds in land.datasets.items()},
+        "model": type(land.model).__name__,
+        "n_parameters": land.num_parameters,
+        "theta0_norm": float(V.norm(land._params0)),
+        "origin_norm": float(V.norm(origin)),
+        "directions": [dict(d.meta) for d in dirs],
+        "direction_norms": [float(V.norm(d)) for d in dirs],
+        "device": str(land.device),
+        "dtype": str(next(iter(land._params0.values())).dtype),
+        "train_mode": land.train_mode,
+        "engine": info,
+        "versions": versions(),
+    }
+    meta.update(extra)
+    return meta
+
+
+def _span_run(
+    land: Landscape,
+    dirs: list[Direction],
+    axes: list[np.ndarray],
+    *,
+    origin: Mapping[str, Tensor] | None,
+    datasets: Sequence[str] | None,
+    strategy: str,
+    progress: Progress | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], V.Vector]:
+    base = V.clone(origin) if origin is not None else land.point()
+    # Raw parameter axes are absolute: zero θ0's entry so the coordinate is its value.
+    for d in dirs:
+        if d.meta.get("kind") == "axis":
+            base[str(d.meta["parameter"])][tuple(d.meta["index"])] = 0.0  # type: ignore[arg-type]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    coeffs = np.stack([m.ravel() for m in mesh], axis=1)
+    res = run(
+        land,
+        Span(base, list(dirs), coeffs),
+        datasets=datasets,
+        strategy=strategy,
+        progress=progress,
+    )
+    shape = tuple(len(a) for a in axes)
+    return {k: v.reshape(shape) for k, v in res.values.items()}, res.info, base
+
+
+def line(
+    land: Landscape,
+    direction: DirectionLike,
+    *,
+    span: object = (-1.0, 1.0),
+    steps: int = 51,
+    origin: Mapping[str, Tensor] | None = None,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+    progress: Progress | None = None,
+) -> Curve:
+    """The loss (and metrics) along ``θ0 + α d`` for ``α`` in ``span``.
+
+    Args:
+        land: the landscape.
+        direction: a direction dict, or a parameter axis name (``"bias"``,
+            ``"0.weight[0,0]"``) whose coordinate is then the parameter's value.
+        span: ``r`` (meaning ``(-r, r)``) or ``(lo, hi)``.
+        steps: number of points (>= 2).
+        origin: the point the line passes through (default θ0).
+        datasets: which data sets (default all).
+        strategy: evaluation strategy (see :mod:`lossmap.evaluate`).
+        progress: ``progress(done, total)``.
+
+    Returns:
+        :class:`~lossmap.results.Curve` with ``alpha`` and every ``"<set>/<stat>"``.
+    """
+    ((lo, hi),) = parse_span(span, 1)
+    (n,) = _parse_steps(steps, 1)
+    d = _resolve(land, direction, "direction")
+    alpha = grid(lo, hi, n)
+    t0 = time.perf_counter()
+    values, info, base = _span_run(
+        land, [d], [alpha], origin=origin, datasets=datasets, strategy=strategy, progress=progress
+    )
+    meta = _meta(land, base, [d], info, view="line", span=[lo, hi], steps=n)
+    meta["seconds"] = time.perf_counter() - t0
+    return Curve({"alpha": alpha}, values, meta)
+
+
+def plane(
+    land: Landscape,
+    d1: DirectionLike,
+    d2: DirectionLike,
+    *,
+    span: object = (-1.0, 1.0),
+    steps: int | tuple[int, int] = 41,
+    origin: Mapping[str, Tensor] | None = None,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+    progress: Progress | None = None,
+) -> Surface:
+    """The loss (and metrics) on the plane ``θ0 + α d1 + β d2``.
+
+    Args:
+        land: the landscape.
+        d1, d2: direction dicts, or parameter axis names for a raw-parameter grid
+            (e.g. ``plane(land, "weight", "bias", span=[(0, 6), (-1, 5)], steps=101)``).
+        span: ``r``, ``(lo, hi)`` for both axes, or ``[(lo1, hi1), (lo2, hi2)]``.
+        steps: points per axis (an int or a pair, each >= 2).
+        origin, datasets, strategy, progress: as in :func:`line`.
+
+    Returns:
+        :class:`~lossmap.results.Surface`: ``values[k]`` has shape
+        ``[len(alpha), len(beta)]`` with ``indexing="ij"``; ``meta["cosine"]`` is the
+        cosine between ``d1`` and ``d2``.
+    """
+    spans = parse_span(span, 2)
+    ns = _parse_steps(steps, 2)
+    a, b = _resolve(land, d1, "d1"), _resolve(land, d2, "d2")
+    axes = [grid(lo, hi, n) for (lo, hi), n in zip(spans, ns, strict=True)]
+    t0 = time.perf_counter()
+    values, info, base = _span_run(
+        land, [a, b], axes, origin=origin, datasets=datasets, strategy=strategy, progress=progress
+    )
+    meta = _meta(
+        land,
+        base,
+        [a, b],
+        info,
+        view="plane",
+        span=[list(s) for s in spans],
+        steps=ns,
+        cosine=V.cosine(a, b),
+    )
+    meta["seconds"] = time.perf_counter() - t0
+    return Surface({"alpha": axes[0], "beta": axes[1]}, values, meta)
+
+
+def interpolate(
+    land: Landscape,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    *,
+    span: object = (-0.5, 1.5),
+    steps: int = 41,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+    progress: Progress | None = None,
+) -> Curve:
+    """The loss along the segment ``(1 - t) a + t b`` (``t = 0`` at ``a``, ``1`` at ``b``).
+
+    Returns a :class:`~lossmap.results.Curve` whose ``alpha`` is ``t``.
+    """
+    ((lo, hi),) = parse_span(span, 1)
+    (n,) = _parse_steps(steps, 1)
+    a = V.check_vector(a, land._params0, name="a")
+    b = V.check_vector(b, land._params0, name="b")
+    d = Direction(V.sub(b, a), kind="between")
+    t = grid(lo, hi, n)
+    t0 = time.perf_counter()
+    values, info, base = _span_run(
+        land, [d], [t], origin=a, datasets=datasets, strategy=strategy, progress=progress
+    )
+    meta = _meta(land, base, [d], info, view="interpolate", span=[lo, hi], steps=n)
+    meta["distance"] = float(V.norm(d))
+    meta["seconds"] = time.perf_counter() - t0
+    return Curve({"alpha": t}, values, meta)
