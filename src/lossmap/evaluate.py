@@ -520,7 +520,7 @@ def _choose(
     order = sorted(eligible, key=lambda k: k.endswith("vmap"))
     for s in order:
         vm = s.endswith("vmap")
-        m = min(n, vchunk) if vm else min(n, 3)
+        m = min(n, vchunk, 64) if vm else min(n, 3)
         if vm and timings:
             best = min(timings.values()) / 1000
             if 3 * m * best > max(0.1 * n * best, 0.3):

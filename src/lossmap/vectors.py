@@ -142,11 +142,11 @@ def combine(
 
 
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
-    """Euclidean inner product over all entries (a 0-d tensor, accumulated in float64)."""
+    """Euclidean inner product over all entries (a detached 0-d float64 tensor)."""
     _same_keys(a, b)
     total = torch.zeros((), dtype=torch.float64)
     for k in a:
-        total = total + torch.sum(a[k].double() * b[k].double()).cpu()
+        total = total + torch.sum(a[k].detach().double() * b[k].detach().double()).cpu()
     return total
 
 

@@ -1,0 +1,5 @@
+"""``python -m lossmap`` (also what ``torchrun -m lossmap`` runs)."""
+
+from lossmap.cli import main
+
+main()
