@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lossmap as lm
+from lossmap.evaluate import Explicit, Span, chunks, run
+
+
+class CountingLoader:
+    """An iterable of batches that counts how often it is iterated."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
+        self.batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_streamed_loader_is_iterated_once_per_chunk(mlp_data) -> None:
+    model, x, y = mlp_data
+    loader = CountingLoader(x, y, 30)
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=loader, cache_bytes=0)
+    assert not land.datasets["train"].in_memory
+    d = lm.directions.random(land, 1, seed=0)[0]
+    theta = land.point()
+    pts = Span(theta, [d], np.linspace(-1, 1, 20)[:, None])
+    for strategy in ("loop", "vmap", "affine"):
+        loader.passes = 0
+        res = run(land, pts, strategy=strategy, chunk_size=5)
+        assert loader.passes == 4, strategy  # 20 points / 5 per chunk, not 20 passes
+        held = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
+        ref = run(held, pts, strategy="loop")
+        np.testing.assert_allclose(res.values["train/loss"], ref.values["train/loss"], rtol=1e-5)
+
+
+def test_explicit_points_and_auto_metadata(mlp_data) -> None:
+    model, x, y = mlp_data
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
+    dirs = lm.directions.random(land, 40, seed=1, orthogonal=False)
+    res = run(land, Explicit([lm.vectors.add(land.point(), d, alpha=0.1) for d in dirs]))
+    info = res.info
+    assert info["strategy"] in info["eligible"] and "reason" in info
+    assert set(info["timings_ms_per_point"]) <= set(info["eligible"])
+    assert "affine" not in info["eligible"]  # explicit points are not a span
+    ref = land.evaluate(
+        [lm.vectors.add(land.point(), d, alpha=0.1) for d in dirs[:3]], strategy="loop"
+    )
+    np.testing.assert_allclose(res.values["train/loss"][:3], ref["loss"], rtol=1e-5)
+
+
+def test_train_mode_forces_loop(mlp_data) -> None:
+    model, x, y = mlp_data
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y), train_mode=True)
+    d = lm.directions.random(land, 1)[0]
+    c = lm.line(land, d, steps=20)
+    assert c.meta["engine"]["strategy"] == "loop"
+    with pytest.raises(ValueError, match="cannot run here"):
+        lm.line(land, d, steps=5, strategy="vmap")
+
+
+def test_chunks() -> None:
+    assert [c.tolist() for c in chunks(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert sum(len(c) for c in chunks(1000, 7)) == 1000
+    with pytest.raises(ValueError):
+        chunks(3, 0)
