@@ -36,6 +36,7 @@ __all__ = [
     "Normalization",
     "between",
     "coordinate",
+    "hessian",
     "normalize",
     "random",
 ]
@@ -291,3 +292,34 @@ def coordinate(land: Landscape, spec: str) -> Direction:
     d = V.zeros_like(land._params0)
     d[name][index] = 1.0
     return Direction(d, kind="axis", parameter=name, index=list(index), label=spec)
+
+
+def hessian(
+    land: Landscape,
+    k: int = 2,
+    *,
+    which: str = "LA",
+    tol: float = 1e-6,
+    seed: int = 0,
+    point: Mapping[str, Tensor] | None = None,
+) -> list[Direction]:
+    """The top-``k`` Hessian eigenvectors (unit norm) as directions: a plane along the
+    two sharpest directions of the loss (``which="SA"``: the most negative ones).
+
+    Each direction's ``meta`` holds its eigenvalue and the Lanczos cost.
+    """
+    from lossmap.hessian import eigenvalues
+
+    eig = eigenvalues(land, k, which=which, tol=tol, seed=seed, point=point)
+    return [
+        Direction(
+            v,
+            kind="hessian",
+            which=which,
+            eigenvalue=float(lam),
+            index=i,
+            matvecs=eig.matvecs,
+            seed=seed,
+        )
+        for i, (lam, v) in enumerate(zip(eig.values, eig.vectors, strict=True))
+    ]

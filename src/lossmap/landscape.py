@@ -402,18 +402,22 @@ class Landscape:
         """Context manager: the model in eval (or train) mode, restored afterwards."""
         return _mode(self.model, self.train_mode)
 
-    def batch_stats(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+    def batch_stats(
+        self, params: Mapping[str, Tensor], batch: Batch, *, metrics: bool = True
+    ) -> Tensor:
         """Per-batch *sums* of ``[loss, *metrics]`` at ``params`` (a 1-D tensor).
 
         Summing these over batches and dividing by the data-set size gives exact means.
         Call inside :meth:`mode`. Works under ``torch.vmap`` over ``params``.
+        ``metrics=False`` computes the loss alone (``[loss]``), e.g. for derivatives.
         """
         tensors = {**self._fixed_for(params), **params}
         n = batch_size(batch)
         if self.loss_fn is not None:
             caller = _Caller(self.model, tensors)
             vals = [self.loss_fn(caller, batch)]
-            vals += [m(caller, batch) for m in self.metrics.values()]
+            if metrics:
+                vals += [m(caller, batch) for m in self.metrics.values()]
             return torch.stack([torch.as_tensor(v).reshape(()) for v in vals]) * n
         if not isinstance(batch, tuple | list) or len(batch) < 2:
             raise TypeError(
@@ -421,13 +425,13 @@ class Landscape:
                 f"{type(batch).__name__}; for other batches pass loss=callable(model, batch)"
             )
         out = functional_call(self.model, tensors, tuple(batch[:-1]))
-        return self.output_stats(out, batch[-1], n)
+        return self.output_stats(out, batch[-1], n, metrics=metrics)
 
-    def output_stats(self, out: Tensor, target: Tensor, n: int) -> Tensor:
+    def output_stats(self, out: Tensor, target: Tensor, n: int, *, metrics: bool = True) -> Tensor:
         """Per-batch sums of ``[loss, *metrics]`` from the model's output."""
         assert self.criterion is not None
         if self._fast_ce and target.dtype in _INT_TYPES and target.ndim == 1 and out.ndim == 2:
-            return _cross_entropy_stats(out, target, with_accuracy=bool(self.metrics))
+            return _cross_entropy_stats(out, target, with_accuracy=metrics and bool(self.metrics))
         loss = self.criterion(out, target)
         reduction = getattr(self.criterion, "reduction", "mean")
         if reduction == "sum":
@@ -437,7 +441,8 @@ class Landscape:
         else:
             loss_sum = loss * n
         vals = [loss_sum.reshape(())]
-        vals += [m(out, target).reshape(()) * n for m in self.metrics.values()]
+        if metrics:
+            vals += [m(out, target).reshape(()) * n for m in self.metrics.values()]
         return torch.stack(vals)
 
     def _fixed_for(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -476,7 +481,7 @@ class Landscape:
     # ---------------------------------------------------------- derivatives
     def _full_loss(self) -> Callable[[dict[str, Tensor], Batch, int], Tensor]:
         def f(params: dict[str, Tensor], batch: Batch, total: int) -> Tensor:
-            return self.batch_stats(params, batch)[0] / total
+            return self.batch_stats(params, batch, metrics=False)[0] / total
 
         return f
 
