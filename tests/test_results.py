@@ -58,3 +58,19 @@ def test_npz_and_bad_files(tmp_path) -> None:
         lm.load(tmp_path / "junk.h5")
     with pytest.raises(KeyError, match="available"):
         s["nope"]
+
+
+def test_spectrum_roundtrip(tmp_path) -> None:
+    from lossmap.results import Spectrum, broaden
+
+    nodes = np.array([[0.0, 1.0, 3.0], [0.5, 1.0, 2.0]])
+    weights = np.array([[0.2, 0.5, 0.3], [0.1, 0.6, 0.3]])
+    grid = np.linspace(-1, 4, 501)
+    sp = Spectrum(grid, broaden(nodes, weights, grid, 0.1), nodes, weights, 0.1, 6, {"trace": 1.5})
+    assert np.trapezoid(sp.density, grid) == pytest.approx(1.0, rel=1e-4)
+    assert sp.moments(1)[0] == pytest.approx(((0.5 + 0.9) + (0.05 + 0.6 + 0.6)) / 2)
+    sp.save(tmp_path / "sp.h5")
+    back = lm.load(tmp_path / "sp.h5")
+    assert isinstance(back, Spectrum) and back.meta == {"trace": 1.5} and back.matvecs == 6
+    np.testing.assert_array_equal(back.nodes, nodes)
+    np.testing.assert_array_equal(back.density, sp.density)

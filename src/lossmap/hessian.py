@@ -37,6 +37,7 @@ from torch import Tensor
 
 from lossmap import vectors as V
 from lossmap.landscape import Landscape
+from lossmap.results import Spectrum, broaden
 
 __all__ = [
     "DENSE_LIMIT",
@@ -280,30 +281,6 @@ class Trace:
     matvecs: int
     method: str
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Spectrum:
-    """A spectral density: ``density`` on ``grid`` (integrates to 1), and the Ritz
-    ``nodes`` / ``weights`` per probe (``[n_probes, m]``) to re-broaden."""
-
-    grid: np.ndarray
-    density: np.ndarray
-    nodes: np.ndarray
-    weights: np.ndarray
-    sigma: float
-    matvecs: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def moments(self, k: int = 2) -> list[float]:
-        """``E[λ^j]`` for j = 1..k under the quadrature (exact for low degrees)."""
-        w = self.weights / self.weights.shape[0]
-        return [float(np.sum(w * self.nodes**j)) for j in range(1, k + 1)]
-
-    def broaden(self, sigma: float, grid: np.ndarray | None = None) -> np.ndarray:
-        """The density re-broadened with a Gaussian of width ``sigma`` on ``grid``."""
-        g = self.grid if grid is None else np.asarray(grid)
-        return _broaden(self.nodes, self.weights, g, sigma)
 
 
 # --------------------------------------------------------------------- lanczos
@@ -602,13 +579,6 @@ def trace(
 
 
 # -------------------------------------------------------------------- density
-def _broaden(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
-    w = weights / weights.shape[0]
-    d = (grid[:, None] - nodes.reshape(-1)[None, :]) / sigma
-    dens = (np.exp(-0.5 * d**2) / (sigma * math.sqrt(2 * math.pi))) @ w.reshape(-1)
-    return dens
-
-
 def spectral_density(
     land: Landscape | LinearOperator,
     *,
@@ -666,8 +636,10 @@ def spectral_density(
     width = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
     sig = float(sigma) if sigma is not None else width / 200
     grid = np.linspace(lo - 5 * sig, hi + 5 * sig, grid_points)
-    dens = _broaden(nodes_a, w_a, grid, sig)
+    dens = broaden(nodes_a, w_a, grid, sig)
     area = float(np.trapezoid(dens, grid))
     if area > 0:
         dens = dens / area
-    return Spectrum(grid, dens, nodes_a, w_a, sig, calls, {"probes": probes, "steps": steps})
+    return Spectrum(
+        grid, dens, nodes_a, w_a, sig, calls, {"probes": probes, "steps": steps, "seed": seed}
+    )

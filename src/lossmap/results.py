@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Curve", "Result", "Surface", "load"]
+__all__ = ["Curve", "Result", "Spectrum", "Surface", "broaden", "load"]
 
 FORMAT_VERSION = 1
 
@@ -96,29 +97,9 @@ class Result:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write an HDF5 file (atomically: a temporary file renamed into place)."""
-        import h5py
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["lossmap_kind"] = self.kind
-                f.attrs["lossmap_format"] = FORMAT_VERSION
-                f.attrs["meta"] = json.dumps(_jsonable(self.meta))
-                g = f.create_group("coords")
-                for k, v in self.coords.items():
-                    g.create_dataset(k, data=v)
-                g = f.create_group("values")
-                for k, v in self.values.items():
-                    g.create_dataset(k, data=v)
-                f.attrs["value_order"] = json.dumps(list(self.values))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return _write_h5(
+            Path(path), self.kind, self.meta, {"coords": self.coords, "values": self.values}
+        )
 
     def to_npz(self, path: str | os.PathLike[str]) -> Path:
         """Write coordinates and values (keys with ``/`` as ``__``) to ``.npz``."""
@@ -189,11 +170,95 @@ class Surface(Result):
         return self.coords["beta"]
 
 
+def broaden(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """``(1/P) Σ_p Σ_i w_pi N(grid; node_pi, σ²)`` for ``nodes``/``weights`` ``[P, m]``."""
+    w = np.atleast_2d(weights)
+    d = (np.asarray(grid)[:, None] - np.atleast_2d(nodes).reshape(-1)[None, :]) / sigma
+    dens: np.ndarray = (np.exp(-0.5 * d**2) / (sigma * math.sqrt(2 * math.pi))) @ (
+        w / w.shape[0]
+    ).reshape(-1)
+    return dens
+
+
+@dataclass
+class Spectrum:
+    """A Hessian eigenvalue density (stochastic Lanczos quadrature).
+
+    ``density`` on ``grid`` integrates to 1; ``nodes`` / ``weights`` (``[n_probes, m]``)
+    are the Ritz values and quadrature weights of each probe, to re-broaden; ``meta``
+    may hold extreme eigenvalues and a trace estimate of the same run.
+    """
+
+    kind: ClassVar[str] = "spectrum"
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+    matvecs: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def moments(self, k: int = 2) -> list[float]:
+        """``E[λ^j]`` for j = 1..k under the quadrature (exact for low degrees)."""
+        w = self.weights / self.weights.shape[0]
+        return [float(np.sum(w * self.nodes**j)) for j in range(1, k + 1)]
+
+    def broaden(self, sigma: float, grid: np.ndarray | None = None) -> np.ndarray:
+        """The density re-broadened with a Gaussian of width ``sigma`` on ``grid``."""
+        return broaden(
+            self.nodes, self.weights, self.grid if grid is None else np.asarray(grid), sigma
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write an HDF5 file (atomically)."""
+        arrays = {
+            "grid": self.grid,
+            "density": self.density,
+            "nodes": self.nodes,
+            "weights": self.weights,
+        }
+        attrs = {"sigma": self.sigma, "matvecs": self.matvecs}
+        return _write_h5(Path(path), self.kind, self.meta, {"arrays": arrays}, attrs)
+
+
+def _write_h5(
+    path: Path,
+    kind: str,
+    meta: Mapping[str, Any],
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write groups of arrays and JSON metadata to ``path`` via a temporary file + rename,
+    so a reader never sees a half-written file."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["lossmap_kind"] = kind
+            f.attrs["lossmap_format"] = FORMAT_VERSION
+            f.attrs["meta"] = json.dumps(_jsonable(meta))
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+            for gname, arrays in groups.items():
+                g = f.create_group(gname)
+                for k, v in arrays.items():
+                    g.create_dataset(k, data=v)
+                f.attrs[f"{gname}_order"] = json.dumps(list(arrays))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 _KINDS: dict[str, type[Result]] = {"curve": Curve, "surface": Surface}
 
 
-def load(path: str | os.PathLike[str]) -> Result:
-    """Read a result written by ``save`` (an HDF5 file).
+def load(path: str | os.PathLike[str]) -> Result | Spectrum:
+    """Read a result written by ``save`` (an HDF5 file): Curve, Surface or Spectrum.
 
     Raises:
         FileNotFoundError: no such file.
@@ -209,14 +274,26 @@ def load(path: str | os.PathLike[str]) -> Result:
             kind = f.attrs.get("lossmap_kind")
             if isinstance(kind, bytes):
                 kind = kind.decode()
-            if kind not in _KINDS:
+            if kind not in (*_KINDS, "spectrum"):
                 raise ValueError(f"{path} is not a lossmap result file (no known 'lossmap_kind')")
             meta = json.loads(f.attrs["meta"])
-            coords = {k: f["coords"][k][()] for k in f["coords"]}
-            order = json.loads(f.attrs["value_order"])
-            values = {k: f["values"][k][()] for k in order}
+            groups = {
+                g: {k: f[g][k][()] for k in json.loads(f.attrs[f"{g}_order"])}
+                for g in ("coords", "values", "arrays")
+                if g in f
+            }
+            extra = {k: f.attrs[k] for k in ("sigma", "matvecs") if k in f.attrs}
     except OSError as e:
         raise ValueError(f"cannot read {path} as HDF5 ({e}); is it a lossmap result?") from None
-    # Keep the coordinate order of the kind (HDF5 lists members alphabetically).
-    names = ["alpha", "beta"] if kind == "surface" else ["alpha"]
-    return _KINDS[kind]({k: coords[k] for k in names}, values, meta)
+    if kind == "spectrum":
+        a = groups["arrays"]
+        return Spectrum(
+            a["grid"],
+            a["density"],
+            a["nodes"],
+            a["weights"],
+            float(extra["sigma"]),
+            int(extra["matvecs"]),
+            meta,
+        )
+    return _KINDS[kind](groups["coords"], groups["values"], meta)
