@@ -21,6 +21,11 @@ def test_linear_regression_plane_is_the_closed_form_mse() -> None:
     assert abs(s.alpha[i] - w_ls) <= s.alpha[1] - s.alpha[0]
     assert abs(s.beta[j] - b_ls) <= s.beta[1] - s.beta[0]
     assert s.meta["directions"][0]["kind"] == "axis"
+    # θ0 is the least-squares point, on the grid only by accident: not claimed here.
+    assert s.theta0 == pytest.approx((w_ls, b_ls))
+    assert "at_theta0" not in s.summary()
+    c = lm.line(land, "bias", span=(b_ls - 1, b_ls + 1), steps=3)
+    assert c.summary()["at_theta0"] == pytest.approx(land.loss(), rel=1e-12)
 
 
 def test_logistic_regression_matches_numpy_formula() -> None:
@@ -79,7 +84,7 @@ def test_origin_on_grid_and_line_matches_loss(mlp_data) -> None:
     assert c["loss"][25] == pytest.approx(land.loss(), rel=1e-6)
     s = lm.plane(land, d, lm.directions.random(land, 2, seed=3)[1], span=2.0, steps=41)
     assert s.alpha[20] == 0.0 and s.beta[20] == 0.0
-    assert s.summary()["at_origin"] == pytest.approx(land.loss(), rel=1e-6)
+    assert s.summary()["at_theta0"] == pytest.approx(land.loss(), rel=1e-6)
     assert s.meta["cosine"] == pytest.approx(V.cosine(d, lm.directions.random(land, 2, seed=3)[1]))
 
 

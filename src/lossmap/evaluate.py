@@ -137,6 +137,15 @@ class _AffinePlan:
     rest: nn.Module  # everything after
     chain: list[tuple[str, nn.Module, dict[str, str]]]  # rest as (kind, module, keys)
 
+    @property
+    def batched(self) -> bool:
+        """Whether the rest can run on ``[P, N, features]`` without vmap: linear layers
+        and elementwise activations only, on 2-D (``[N, features]``) activations."""
+        return isinstance(self.layer, nn.Linear) and all(
+            kind == "linear" or (kind == "free" and type(m) in _ELEMENTWISE)
+            for kind, m, _ in self.chain
+        )
+
 
 def _chain(rest: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module, dict[str, str]]]:
     """The modules of a Sequential as a flat list the engine can run without
@@ -168,6 +177,37 @@ _INPLACE: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
     nn.Identity: lambda m, h: h,
     nn.Dropout: lambda m, h: h,  # eval mode only (the affine plan requires it)
 }
+
+
+_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,  # identity in eval mode, which the affine plan requires
+)
+
+
+def _run_chain_batched(
+    chain: list[tuple[str, nn.Module, dict[str, str]]], tensors: Mapping[str, Tensor], h: Tensor
+) -> Tensor:
+    """The chain on ``h: [P, N, features]`` with per-point weights ``[P, out, in]``."""
+    for kind, m, keys in chain:
+        if kind == "free":
+            h = m(h)
+            continue
+        w = tensors[next(k for k, p in keys.items() if p == "weight")]
+        b = next((tensors[k] for k, p in keys.items() if p == "bias"), None)
+        if b is None:
+            h = torch.bmm(h, w.transpose(1, 2))
+        else:
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    return h
 
 
 def _run_chain(
@@ -208,7 +248,14 @@ _AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def affine_plan(land: Landscape) -> _AffinePlan | None:
     """How to split the model for the affine first-layer shortcut, or ``None``."""
     model = land.model
-    if land.criterion is None or land.train_mode or not isinstance(model, nn.Sequential):
+    if land.criterion is None or land.train_mode:
+        return None
+    if type(model) in _AFFINE_LAYERS:  # the whole model is one affine layer
+        keys = {p: p for p, _ in model.named_parameters()}
+        if not all(k in land._params0 for k in keys):
+            return None
+        return _AffinePlan(nn.Sequential(), model, keys, nn.Sequential(), [])
+    if not isinstance(model, nn.Sequential):
         return None
     mods = list(model.named_children())
     for i, (name, m) in enumerate(mods):
@@ -311,6 +358,20 @@ class _Evaluator:
                 out = _run_chain(chain, {**fixed, **p}, h, self._bufs)
                 rows.append(land.output_stats(out, target, n))
             return torch.stack(rows)
+
+        if self.plan.batched:
+            # Many points as one batched computation, without vmap: [P, N, H] activations,
+            # batched matmuls, and the loss reduced per point by a known formula.
+            h = z0.unsqueeze(0) + torch.tensordot(coeffs, z, dims=1)
+            out = _run_chain_batched(chain, {**fixed, **rp}, h)
+            stats = land.batched_output_stats(out, target, n)
+            if stats is not None:
+                return stats
+
+            def head(o: Tensor) -> Tensor:
+                return land.output_stats(o, target, n)
+
+            return torch.vmap(head)(out)
 
         def one(p: dict[str, Tensor], c: Tensor) -> Tensor:
             h = z0 + torch.tensordot(c, z, dims=1)

@@ -445,6 +445,39 @@ class Landscape:
             vals += [m(out, target).reshape(()) * n for m in self.metrics.values()]
         return torch.stack(vals)
 
+    def batched_output_stats(self, out: Tensor, target: Tensor, n: int) -> Tensor | None:
+        """:meth:`output_stats` for ``out: [P, *output]`` (P points at once), ``[P, S]``.
+
+        Known criteria with their default metrics only (cross-entropy, BCE-with-logits,
+        MSE, with mean or sum reduction); ``None`` otherwise (the caller then vmaps
+        :meth:`output_stats`, which is much slower for these losses on CPU).
+        """
+        crit = self.criterion
+        reduction = getattr(crit, "reduction", None)
+        if reduction not in ("mean", "sum"):
+            return None
+        dims = tuple(range(1, out.ndim))
+        if self._fast_ce and target.dtype in _INT_TYPES and target.ndim == 1 and out.ndim == 3:
+            lse = torch.logsumexp(out, dim=-1)
+            picked = out.gather(-1, target.expand(out.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+            cols = [(lse - picked).sum(dim=-1)]
+            if self.metrics:
+                cols.append((out.argmax(dim=-1) == target).to(out.dtype).sum(dim=-1))
+            return torch.stack(cols, dim=1)
+        if type(crit) is nn.BCEWithLogitsLoss and crit.weight is None and crit.pos_weight is None:
+            if not (self.metrics == {} or self.metrics == {"accuracy": binary_accuracy}):
+                return None
+            t = target.expand_as(out)
+            elem = torch.nn.functional.binary_cross_entropy_with_logits(out, t, reduction="none")
+            cols = [elem.mean(dim=dims) * n if reduction == "mean" else elem.sum(dim=dims)]
+            if self.metrics:
+                cols.append(((out > 0) == (t > 0.5)).to(out.dtype).mean(dim=dims) * n)
+            return torch.stack(cols, dim=1)
+        if type(crit) is nn.MSELoss and not self.metrics:
+            sq = (out - target.expand_as(out)) ** 2
+            return (sq.mean(dim=dims) * n if reduction == "mean" else sq.sum(dim=dims)).unsqueeze(1)
+        return None
+
     def _fixed_for(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         fixed = self._fixed0
         if self.train_mode and fixed:

@@ -57,13 +57,32 @@ class Result:
         shape = self.shape
         vals = {}
         for k, v in self.values.items():
-            a = np.asarray(v, dtype=np.float64).reshape(shape)
+            a = np.asarray(v, dtype=np.float64)
+            if a.shape != shape:
+                raise ValueError(
+                    f"values {k!r} have shape {a.shape}, expected {shape} "
+                    f"({' x '.join(self.coords)}, indexing='ij')"
+                )
             vals[k] = np.where(np.isfinite(a), a, np.nan)
         self.values = vals
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(c) for c in self.coords.values())
+
+    @property
+    def theta0(self) -> tuple[float, ...] | None:
+        """Coordinates of the trained point θ0 (0 along direction axes, θ0's own value
+        along raw parameter axes); ``None`` for paths between two points."""
+        if self.meta.get("view") == "interpolate":
+            return None
+        coords = self.meta.get("theta0_coords")
+        if coords is None:
+            dirs = self.meta.get("directions") or []
+            if any(isinstance(d, Mapping) and d.get("kind") == "axis" for d in dirs):
+                return None  # raw parameter axes, and θ0's values were not recorded
+            return tuple(0.0 for _ in self.coords)
+        return tuple(float(c) for c in coords)
 
     @property
     def default_dataset(self) -> str:
@@ -127,19 +146,27 @@ class Result:
         return path
 
     def summary(self, name: str = "loss") -> dict[str, Any]:
-        """Value at θ0 (the grid point at coordinate 0, if any), min/max and where, NaNs."""
+        """Value at θ0 (when θ0 is a grid point), min/max and where, non-finite count."""
         v = self[name]
         out: dict[str, Any] = {"key": self.key(name), "nonfinite": int(np.isnan(v).sum())}
-        origin = tuple(int(np.argmin(np.abs(c))) for c in self.coords.values())
-        if all(np.isclose(c[i], 0.0) for c, i in zip(self.coords.values(), origin, strict=True)):
-            out["at_origin"] = float(v[origin])
+        t0 = self.theta0
+        if t0 is not None:
+            idx = tuple(
+                int(np.argmin(np.abs(c - x))) for c, x in zip(self.coords.values(), t0, strict=True)
+            )
+            on_grid = all(
+                abs(c[i] - x) <= 1e-9 * max(1.0, float(np.ptp(c)))
+                for c, i, x in zip(self.coords.values(), idx, t0, strict=True)
+            )
+            if on_grid:
+                out["at_theta0"] = float(v[idx])
         if np.isfinite(v).any():
             imin, imax = np.nanargmin(v), np.nanargmax(v)
             for tag, flat in (("min", imin), ("max", imax)):
-                idx = np.unravel_index(flat, v.shape)
-                out[tag] = float(v[idx])
+                where = np.unravel_index(flat, v.shape)
+                out[tag] = float(v[where])
                 out[f"arg{tag}"] = [
-                    float(c[i]) for c, i in zip(self.coords.values(), idx, strict=True)
+                    float(c[i]) for c, i in zip(self.coords.values(), where, strict=True)
                 ]
         return out
 

@@ -115,6 +115,18 @@ def _resolve(land: Landscape, d: DirectionLike, name: str) -> Direction:
     return Direction(v, kind="custom")
 
 
+def _theta0_coords(land: Landscape, dirs: Sequence[Direction]) -> list[float]:
+    """Where θ0 sits on the axes: 0 along directions, its own value along raw axes."""
+    out = []
+    for d in dirs:
+        if d.meta.get("kind") == "axis":
+            index = tuple(int(i) for i in d.meta["index"])  # type: ignore[attr-defined]
+            out.append(float(land._params0[str(d.meta["parameter"])][index]))
+        else:
+            out.append(0.0)
+    return out
+
+
 def _meta(
     land: Landscape,
     origin: Mapping[str, Tensor],
@@ -130,6 +142,7 @@ def _meta(
         "theta0_norm": float(V.norm(land._params0)),
         "origin_norm": float(V.norm(origin)),
         "directions": [dict(d.meta) for d in dirs],
+        "theta0_coords": _theta0_coords(land, dirs),
         "direction_norms": [float(V.norm(d)) for d in dirs],
         "device": str(land.device),
         "dtype": str(next(iter(land._params0.values())).dtype),

@@ -1,0 +1,579 @@
+"""The ``lossmap`` command: parse, build a Landscape, call the library, write a run folder.
+
+A run folder holds the result files (``.h5``, ``.csv``), figures (``.png``, ``.pdf``)
+and ``run.json`` (arguments, versions, seed, timings, summary).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Loss landscape analysis: lines, planes and paths through parameter space.",
+)
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+class Example(str, enum.Enum):
+    digits = "digits"
+    linear = "linear"
+    logistic = "logistic"
+
+
+class Norm(str, enum.Enum):
+    filter = "filter"
+    layer = "layer"
+    model = "model"
+    unit = "unit"
+    none = "none"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# ----------------------------------------------------------------- helpers
+def _device(device: Device) -> str | None:
+    import torch
+
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise CliError("--device cuda was given but no GPU is available; use --device cpu")
+    if device is Device.auto:
+        return "cuda" if torch.cuda.is_available() else None
+    return device.value
+
+
+def _example(name: Example) -> Any:
+    from lossmap import examples
+
+    makers: dict[Example, Callable[[], Any]] = {
+        Example.digits: examples.digits_mlp,
+        Example.linear: examples.linear_regression,
+        Example.logistic: examples.logistic_regression,
+    }
+    return makers[name]()
+
+
+def _import_factory(spec: str) -> Callable[[], Any]:
+    """``pkg.module:factory`` or ``path/to/file.py:factory``."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise CliError(
+            f"--model {spec!r} must look like 'package.module:factory' or 'file.py:factory'"
+        )
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise CliError(f"--model: no file {path}; check the path")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise CliError(f"--model: cannot load {path} as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[path.stem] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            raise CliError(f"--model: importing {path} failed: {type(e).__name__}: {e}") from None
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            raise CliError(
+                f"--model: cannot import {mod_name!r} ({e}); run from its folder, set PYTHONPATH, "
+                "or give a file path 'path/to/file.py:factory'"
+            ) from None
+        except Exception as e:
+            raise CliError(
+                f"--model: importing {mod_name!r} failed: {type(e).__name__}: {e}"
+            ) from None
+    if not hasattr(module, attr):
+        public = [n for n in dir(module) if not n.startswith("_")][:10]
+        raise CliError(f"--model: {mod_name!r} has no attribute {attr!r}; it has {public}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise CliError(f"--model: {spec!r} is not callable; point it at a function")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_landscape(model: str | None, example: Example | None, device: Device) -> Any:
+    """The Landscape named by ``--model`` (a factory) or ``--example``."""
+    import lossmap as lm
+
+    if (model is None) == (example is None):
+        raise CliError("give exactly one of --model package.module:factory or --example NAME")
+    dev = _device(device)
+    if example is not None:
+        land = _example(example)
+        return land if dev is None or str(land.device) == dev else _rebuild(land, dev)
+    factory = _import_factory(str(model))
+    try:
+        made = factory()
+    except Exception as e:
+        raise CliError(f"--model: the factory {model!r} raised {type(e).__name__}: {e}") from None
+    if isinstance(made, lm.Landscape):
+        return made if dev is None or str(made.device) == dev else _rebuild(made, dev)
+    if isinstance(made, tuple) and len(made) == 3:
+        net, criterion, data = made
+        try:
+            return lm.Landscape(net, criterion, data=data, device=dev)
+        except (TypeError, ValueError) as e:
+            raise CliError(
+                f"--model: the factory's (model, criterion, data) are unusable: {e}"
+            ) from None
+    raise CliError(
+        f"--model: the factory {model!r} returned {type(made).__name__}; it must return a "
+        "lossmap.Landscape or a tuple (model, criterion, data)"
+    )
+
+
+def _rebuild(land: Any, device: str) -> Any:
+    import lossmap as lm
+
+    data = {k: (ds.batches if ds.in_memory else ds.loader) for k, ds in land.datasets.items()}
+    return lm.Landscape(
+        land.model,
+        land.criterion,
+        data=data,
+        loss=land.loss_fn,
+        metrics=land.metrics,
+        device=device,
+        train_mode=land.train_mode,
+    )
+
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A state dict from a checkpoint file, loaded with ``weights_only=True``.
+
+    Recognises state dicts nested in training checkpoints (``{"model": ...}``,
+    ``{"state_dict": ...}``) and strips DataParallel's ``module.`` prefix.
+    """
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CliError(f"--checkpoint: no file {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" not in text:  # not a pickle of objects: a damaged file
+            detail = next(
+                (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "bad data"
+            )
+            raise CliError(
+                f"--checkpoint {path} is not a readable PyTorch file ({detail}); is it truncated or corrupt?"
+            ) from None
+        name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
+        raise CliError(
+            f"--checkpoint {path} holds pickled Python objects ({name}), which could run code when "
+            "loaded; save a plain state_dict (torch.save(model.state_dict(), path)) instead"
+        ) from None
+    except Exception as e:
+        raise CliError(
+            f"--checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'}); "
+            "is it truncated or corrupt?"
+        ) from None
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CliError(
+            f"--checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; "
+            "save model.state_dict()"
+        )
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def with_checkpoint(land: Any, checkpoint: Path | None) -> Any:
+    if checkpoint is None:
+        return land
+    sd = load_checkpoint(checkpoint)
+    try:
+        return land.at(sd)
+    except ValueError as e:
+        raise CliError(f"--checkpoint {checkpoint}: {e}") from None
+
+
+def _prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(
+            f"--out {out} cannot be created ({e.strerror}); choose a writable folder"
+        ) from None
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out {out} is not writable; choose a writable folder")
+    return out
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar with ETA (to stderr), fed by the engine's ``progress(done, total)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from lossmap.results import _jsonable
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_result(result: Any, out: Path, name: str, *, log: bool = False) -> list[Path]:
+    from lossmap import plot
+
+    files = [result.save(out / f"{name}.h5"), result.to_csv(out / f"{name}.csv")]
+    files += plot.figures(result, out, prefix=f"{name}_", log=log)
+    return files
+
+
+def _summary_lines(result: Any, name: str) -> list[str]:
+    lines = []
+    for key in result.values:
+        if not key.endswith("/loss") and not key.endswith("/accuracy"):
+            continue
+        s = result.summary(key)
+        at = f"{s['at_theta0']:.4g} at θ0, " if "at_theta0" in s else ""
+        rng = f"min {s['min']:.4g}, max {s['max']:.4g}" if "min" in s else "no finite values"
+        nan = f", {s['nonfinite']} non-finite" if s["nonfinite"] else ""
+        lines.append(f"  {name} {key}: {at}{rng}{nan}")
+    return lines
+
+
+def _versions() -> dict[str, str]:
+    from lossmap.slices import versions
+
+    return versions()
+
+
+def _record(
+    out: Path,
+    command: str,
+    args: dict[str, Any],
+    results: dict[str, Any],
+    files: list[Path],
+    t0: float,
+) -> None:
+    _write_json(
+        out / "run.json",
+        {
+            "command": command,
+            "arguments": args,
+            "versions": _versions(),
+            "seconds": time.perf_counter() - t0,
+            "results": {k: {"summary": r.summary(), "meta": r.meta} for k, r in results.items()},
+            "files": sorted(str(f.relative_to(out)) for f in files),
+        },
+    )
+
+
+def _echo(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+# ---------------------------------------------------------------- options
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="'package.module:factory' returning a Landscape or (model, criterion, data).",
+    ),
+]
+ExampleOpt = Annotated[
+    Example | None, typer.Option("--example", help="A built-in problem instead of --model.")
+]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="A state dict to take θ0 from (weights_only).")
+]
+SpanOpt = Annotated[tuple[float, float], typer.Option("--span", help="Coordinate range LO HI.")]
+NormOpt = Annotated[
+    Norm, typer.Option("--normalization", help="Direction normalisation (Li et al. 2018).")
+]
+IgnoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--ignore", help="Comma-separated: bias, norm, or parameter-name globs; '' for none."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random directions.")]
+DeviceOpt = Annotated[Device, typer.Option("--device")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
+LogOpt = Annotated[bool, typer.Option("--log", help="Log-scale figures.")]
+StrategyOpt = Annotated[
+    str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
+]
+
+
+def _ignore(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) -> Any:
+    import lossmap as lm
+
+    return lm.directions.random(
+        land, n, normalization=normalization.value, ignore=_ignore(ignore), seed=seed
+    )
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+def line(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    span: SpanOpt = (-1.0, 1.0),
+    steps: Annotated[int, typer.Option("--steps", min=2, max=1_000_000)] = 51,
+    normalization: NormOpt = Norm.filter,
+    ignore: IgnoreOpt = "bias,norm",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/line"),
+    log: LogOpt = False,
+) -> None:
+    """The loss along one random (normalised) direction through θ0."""
+    import lossmap as lm
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    lm.slices.parse_span(span, 1)
+    out = _prepare_out(out)
+    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
+    (d,) = _directions(land, 1, normalization, ignore, seed)
+    with _progress("line") as progress:
+        c = lm.line(land, d, span=span, steps=steps, strategy=strategy, progress=progress)
+    files = _save_result(c, out, "line", log=log)
+    _record(out, "line", args, {"line": c}, files, t0)
+    _echo([*_summary_lines(c, "line"), f"wrote {out}/ ({len(files)} files)"])
+
+
+@app.command()
+def plane(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    span: SpanOpt = (-1.0, 1.0),
+    steps: Annotated[int, typer.Option("--steps", min=2, max=100_000)] = 41,
+    normalization: NormOpt = Norm.filter,
+    ignore: IgnoreOpt = "bias,norm",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/plane"),
+    log: LogOpt = False,
+) -> None:
+    """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
+    import lossmap as lm
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    lm.slices.parse_span(span, 2)
+    lm.slices._parse_steps(steps, 2)
+    out = _prepare_out(out)
+    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
+    d1, d2 = _directions(land, 2, normalization, ignore, seed)
+    with _progress("plane") as progress:
+        s = lm.plane(land, d1, d2, span=span, steps=steps, strategy=strategy, progress=progress)
+    files = _save_result(s, out, "surface", log=log)
+    _record(out, "plane", args, {"surface": s}, files, t0)
+    _echo([*_summary_lines(s, "plane"), f"wrote {out}/ ({len(files)} files)"])
+
+
+@app.command()
+def interpolate(
+    checkpoint_a: Annotated[Path, typer.Argument(help="State dict at t = 0.")],
+    checkpoint_b: Annotated[Path, typer.Argument(help="State dict at t = 1.")],
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    span: SpanOpt = (-0.5, 1.5),
+    steps: Annotated[int, typer.Option("--steps", min=2, max=1_000_000)] = 41,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/interpolate"),
+    log: LogOpt = False,
+) -> None:
+    """The loss on the straight line between two checkpoints (t from span[0] to span[1])."""
+    import lossmap as lm
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    lm.slices.parse_span(span, 1)
+    out = _prepare_out(out)
+    land = build_landscape(model, example, device)
+    la, lb = with_checkpoint(land, checkpoint_a), with_checkpoint(land, checkpoint_b)
+    with _progress("interpolate") as progress:
+        c = lm.interpolate(
+            la, la.point(), lb.point(), span=span, steps=steps, strategy=strategy, progress=progress
+        )
+    files = _save_result(c, out, "path", log=log)
+    _record(out, "interpolate", args, {"path": c}, files, t0)
+    _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])
+
+
+@app.command()
+def plot(
+    result: Annotated[Path, typer.Argument(help="A result file written by lossmap (.h5).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the figures (default: next to the result)."),
+    ] = None,
+    log: LogOpt = False,
+) -> None:
+    """Re-draw the figures of a saved result."""
+    import lossmap as lm
+    from lossmap import plot as lplot
+
+    try:
+        r = lm.load(result)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    folder = _prepare_out(out or result.parent)
+    files = lplot.figures(r, folder, prefix=f"{result.stem}_", log=log)
+    _echo([f"wrote {len(files)} figures to {folder}/"])
+
+
+@app.command()
+def demo(
+    example: Annotated[
+        Example, typer.Option("--example", help="Which built-in problem.")
+    ] = Example.digits,
+    out: OutOpt = Path("runs/demo"),
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, max=1001, help="Grid points per axis of the plane.")
+    ] = 41,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """The main job on a built-in problem: train, a line and a plane, files, figures, summary."""
+    import lossmap as lm
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    out = _prepare_out(out)
+    typer.echo(f"lossmap demo: {example.value} example")
+    t = time.perf_counter()
+    land = build_landscape(None, example, device)
+    t_train = time.perf_counter() - t
+    typer.echo(f"  {land!r} ready in {t_train:.1f} s")
+    d1: Any
+    d2: Any
+    plane_span: Any
+    if example is Example.linear:
+        d_line: Any = "bias"
+        d1, d2 = "weight", "bias"
+        line_span, plane_span, plane_steps = (
+            (1.0, 3.0),
+            [(0.0, 6.0), (-1.0, 5.0)],
+            101 if steps == 41 else steps,
+        )
+    elif example is Example.logistic:
+        d1, d2 = lm.directions.random(land, 2, normalization="unit", ignore=(), seed=seed)
+        d_line, line_span, plane_span, plane_steps = d1, (-1.5, 1.5), 1.5, steps
+    else:
+        d1, d2 = lm.directions.random(land, 2, normalization="filter", seed=seed)
+        d_line, line_span, plane_span, plane_steps = d1, (-1.0, 1.0), 1.0, steps
+    with _progress("line") as progress:
+        c = lm.line(land, d_line, span=line_span, steps=51, progress=progress)
+    with _progress("plane") as progress:
+        s = lm.plane(land, d1, d2, span=plane_span, steps=plane_steps, progress=progress)
+    files = _save_result(c, out, "line") + _save_result(s, out, "surface")
+    _record(out, "demo", args, {"line": c, "surface": s}, files, t0)
+    eng = s.meta["engine"]
+    _echo(
+        [
+            *_summary_lines(c, "line"),
+            *_summary_lines(s, "plane"),
+            f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
+            f"  wrote {out}/: surface.h5, surface.csv, line.h5, line.csv, {sum(f.suffix == '.png' for f in files)} figures (png+pdf), run.json",
+            f"  total {time.perf_counter() - t0:.1f} s",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input gets one line on stderr (no traceback) and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except (CliError, ValueError, TypeError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.TyperException as e:  # usage errors: bad option values, unknown options
+        ctx = getattr(e, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        typer.echo(f"error: {e.format_message()} (see: lossmap{command} --help)", err=True)
+        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The `lossmap` command end to end, and its answers to bad input."""
+
+import csv
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lossmap as lm
+from lossmap.cli import main
+
+FACTORIES = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def _data(n=40):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+    def _net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def good():
+        return _net(), nn.CrossEntropyLoss(), _data()
+
+    def other_arch():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), nn.CrossEntropyLoss(), _data()
+
+    def wrong_type():
+        return 42
+
+    def raises():
+        raise RuntimeError("dataset server unreachable")
+
+    def empty():
+        x, y = _data()
+        return _net(), nn.CrossEntropyLoss(), (x[:0], y[:0])
+
+    def frozen():
+        return _net().requires_grad_(False), nn.CrossEntropyLoss(), _data()
+    """
+)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main([*args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
+@pytest.fixture
+def factories(tmp_path: Path, monkeypatch) -> str:
+    (tmp_path / "userfactories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return str(tmp_path / "userfactories.py")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["demo", "--out", str(out), "--steps", "15"], capsys)
+    assert code == 0, err
+    for name in ("surface.h5", "surface.csv", "line.h5", "line.csv", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list(out.glob("*.png")) and list(out.glob("*.pdf"))
+    s = lm.load(out / "surface.h5")
+    assert s.shape == (15, 15) and set(s.datasets) == {"train", "test"}
+    with open(out / "surface.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 * 15
+    np.testing.assert_array_equal(np.array([float(r["loss"]) for r in rows]), s["loss"].ravel())
+    np.testing.assert_array_equal(
+        np.array([float(r["test/accuracy"]) for r in rows]), s["test/accuracy"].ravel()
+    )
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "demo" and run["versions"]["torch"] == torch.__version__
+    assert run["results"]["surface"]["meta"]["directions"][0]["seed"] == 0
+    assert "at θ0" in stdout and "engine:" in stdout
+    # `lossmap plot` re-draws from the saved file.
+    code, _, err = run_cli(
+        ["plot", str(out / "surface.h5"), "--out", str(tmp_path / "figs")], capsys
+    )
+    assert code == 0, err
+    assert list((tmp_path / "figs").glob("*.png"))
+
+
+def test_plane_line_interpolate_on_user_model(tmp_path: Path, factories: str, capsys) -> None:
+    spec = f"{factories}:good"
+    code, _, err = run_cli(
+        ["plane", "--model", spec, "--steps", "5", "--out", str(tmp_path / "p")], capsys
+    )
+    assert code == 0, err
+    s = lm.load(tmp_path / "p" / "surface.h5")
+    assert s.shape == (5, 5)
+    code, _, err = run_cli(
+        [
+            "line",
+            "--model",
+            "userfactories:good",
+            "--span",
+            "-2",
+            "2",
+            "--steps",
+            "7",
+            "--out",
+            str(tmp_path / "l"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    c = lm.load(tmp_path / "l" / "line.h5")
+    assert c.alpha[0] == -2.0 and c.alpha[-1] == 2.0
+    # Two checkpoints of the same architecture, one nested the way training scripts save it.
+    import userfactories  # type: ignore[import-not-found]
+
+    net = userfactories.good()[0]
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    torch.save(
+        {"model": {k: v * 1.5 for k, v in net.state_dict().items()}, "epoch": 3}, tmp_path / "b.pt"
+    )
+    code, _, err = run_cli(
+        [
+            "interpolate",
+            str(tmp_path / "a.pt"),
+            str(tmp_path / "b.pt"),
+            "--model",
+            spec,
+            "--steps",
+            "9",
+            "--out",
+            str(tmp_path / "i"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    path = lm.load(tmp_path / "i" / "path.h5")
+    x, y = userfactories._data()
+    net_b = userfactories.good()[0]
+    net_b.load_state_dict({k: v * 1.5 for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        expected_a = float(nn.functional.cross_entropy(net(x), y))
+        expected_b = float(nn.functional.cross_entropy(net_b(x), y))
+    assert path["loss"][np.argmin(np.abs(path.alpha))] == pytest.approx(expected_a, rel=1e-5)
+    assert path["loss"][np.argmin(np.abs(path.alpha - 1))] == pytest.approx(expected_b, rel=1e-5)
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model", "no_such_pkg.mod:f"], ["cannot import 'no_such_pkg.mod'", "PYTHONPATH"]),
+        (["--model", "lossmap.examples:nope"], ["has no attribute 'nope'"]),
+        (["--model", "justaname"], ["package.module:factory"]),
+        (["--model", "userfactories:wrong_type"], ["returned int", "Landscape or a tuple"]),
+        (["--model", "userfactories:raises"], ["raised RuntimeError: dataset server unreachable"]),
+        (["--model", "userfactories:empty"], ["empty"]),
+        (["--model", "userfactories:frozen"], ["no trainable parameters"]),
+        (
+            ["--model", "userfactories:good", "--steps", "1"],
+            ["--steps", "greater than or equal to 2"],
+        ),
+        (["--model", "userfactories:good", "--span", "1", "1"], ["empty or inverted"]),
+        (["--model", "userfactories:good", "--normalization", "filters"], ["filters"]),
+        (["--model", "userfactories:good", "--ignore", "biases"], ["unknown ignore rule 'biases'"]),
+        (["--model", "userfactories:good", "--example", "digits"], ["exactly one of --model"]),
+    ],
+)
+def test_bad_input_one_line(args, needles, tmp_path: Path, factories: str, capsys) -> None:
+    code, _, err = run_cli(["line", *args, "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, *needles)
+
+
+def test_bad_checkpoints(tmp_path: Path, factories: str, capsys) -> None:
+    import userfactories  # type: ignore[import-not-found]
+
+    base = ["line", "--model", "userfactories:good", "--out", str(tmp_path / "o"), "--checkpoint"]
+    code, _, err = run_cli([*base, str(tmp_path / "missing.pt")], capsys)
+    _one_line_error(code, err, "no file", "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02garbage" * 10)
+    code, _, err = run_cli([*base, str(tmp_path / "corrupt.pt")], capsys)
+    _one_line_error(code, err, "not a readable PyTorch file", "corrupt")
+    torch.save(userfactories.good()[0].state_dict(), tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    code, _, err = run_cli([*base, str(tmp_path / "truncated.pt")], capsys)
+    _one_line_error(code, err, "truncated or corrupt")
+    torch.save(userfactories.other_arch()[0].state_dict(), tmp_path / "other.pt")
+    code, _, err = run_cli([*base, str(tmp_path / "other.pt")], capsys)
+    _one_line_error(code, err, "does not fit the model", "0.weight: (5, 4) vs expected (6, 4)")
+    sd = userfactories.good()[0].state_dict()
+    sd["0.bias"][0] = float("inf")
+    torch.save(sd, tmp_path / "inf.pt")
+    code, _, err = run_cli([*base, str(tmp_path / "inf.pt")], capsys)
+    _one_line_error(code, err, "non-finite", "0.bias")
+    torch.save({"model": userfactories.good()[0]}, tmp_path / "pickled.pt")  # a whole module
+    code, _, err = run_cli([*base, str(tmp_path / "pickled.pt")], capsys)
+    _one_line_error(
+        code, err, "pickled Python objects", "torch.nn.modules.container.Sequential", "state_dict"
+    )
+    assert not (tmp_path / "o" / "line.h5").exists()
+
+
+def test_cuda_without_gpu_and_unwritable_out(tmp_path: Path, factories: str, capsys) -> None:
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(
+            ["line", "--model", "userfactories:good", "--device", "cuda"], capsys
+        )
+        _one_line_error(code, err, "--device cpu")
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(
+        ["line", "--model", "userfactories:good", "--out", str(tmp_path / "file" / "sub")], capsys
+    )
+    _one_line_error(code, err, "--out", "writable")
