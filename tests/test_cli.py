@@ -69,7 +69,15 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--out", str(out), "--steps", "15"], capsys)
     assert code == 0, err
-    for name in ("surface.h5", "surface.csv", "line.h5", "line.csv", "run.json"):
+    for name in (
+        "surface.h5",
+        "surface.csv",
+        "line.h5",
+        "line.csv",
+        "spectrum.h5",
+        "eigenvalues.csv",
+        "run.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert list(out.glob("*.png")) and list(out.glob("*.pdf"))
     s = lm.load(out / "surface.h5")
@@ -84,7 +92,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "demo" and run["versions"]["torch"] == torch.__version__
     assert run["results"]["surface"]["meta"]["directions"][0]["seed"] == 0
-    assert "at θ0" in stdout and "engine:" in stdout
+    assert "at θ0" in stdout and "engine:" in stdout and "top eigenvalues" in stdout
+    assert len(run["curvature"]["summary"]["top"]) == 5
     # `lossmap plot` re-draws from the saved file.
     code, _, err = run_cli(
         ["plot", str(out / "surface.h5"), "--out", str(tmp_path / "figs")], capsys
@@ -228,3 +237,30 @@ def test_cuda_without_gpu_and_unwritable_out(tmp_path: Path, factories: str, cap
         ["line", "--model", "userfactories:good", "--out", str(tmp_path / "file" / "sub")], capsys
     )
     _one_line_error(code, err, "--out", "writable")
+
+
+def test_hessian_command(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "h"
+    code, stdout, err = run_cli(
+        ["hessian", "--example", "linear", "--k", "2", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    land = lm.examples.linear_regression()
+    x, _ = lm.examples.linear_regression_data()
+    a = np.hstack([x.numpy(), np.ones((200, 1))])
+    exact = np.linalg.eigvalsh(2 * a.T @ a / 200)
+    with open(out / "eigenvalues.csv") as f:
+        rows = list(csv.DictReader(f))
+    top = [float(r["eigenvalue"]) for r in rows if r["which"] == "largest"]
+    np.testing.assert_allclose(top, exact[::-1], rtol=1e-8)
+    sd = lm.load(out / "spectrum.h5")
+    assert sd.meta["trace"] == pytest.approx(exact.sum(), rel=1e-10)  # 2 parameters: exact
+    assert (out / "spectrum.png").exists() and json.loads((out / "run.json").read_text())[
+        "command"
+    ] == "hessian"
+    assert "top eigenvalues" in stdout
+    assert land.num_parameters == 2
+    code, _, err = run_cli(
+        ["hessian", "--example", "linear", "--k", "3", "--out", str(out)], capsys
+    )
+    _one_line_error(code, err, "--k 3", "2 parameters")

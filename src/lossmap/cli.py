@@ -283,7 +283,7 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save_result(result: Any, out: Path, name: str, *, log: bool = False) -> list[Path]:
+def _save_result(result: Any, out: Path, name: str, *, log: bool | None = None) -> list[Path]:
     from lossmap import plot
 
     files = [result.save(out / f"{name}.h5"), result.to_csv(out / f"{name}.csv")]
@@ -317,6 +317,7 @@ def _record(
     results: dict[str, Any],
     files: list[Path],
     t0: float,
+    **extra: Any,
 ) -> None:
     _write_json(
         out / "run.json",
@@ -326,6 +327,7 @@ def _record(
             "versions": _versions(),
             "seconds": time.perf_counter() - t0,
             "results": {k: {"summary": r.summary(), "meta": r.meta} for k, r in results.items()},
+            **extra,
             "files": sorted(str(f.relative_to(out)) for f in files),
         },
     )
@@ -363,7 +365,13 @@ IgnoreOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random directions.")]
 DeviceOpt = Annotated[Device, typer.Option("--device")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
-LogOpt = Annotated[bool, typer.Option("--log", help="Log-scale figures.")]
+LogOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--log/--linear",
+        help="Colour/height scale of loss figures (default: log when the loss spans decades).",
+    ),
+]
 StrategyOpt = Annotated[
     str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
 ]
@@ -395,7 +403,7 @@ def line(
     device: DeviceOpt = Device.auto,
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/line"),
-    log: LogOpt = False,
+    log: LogOpt = None,
 ) -> None:
     """The loss along one random (normalised) direction through θ0."""
     import lossmap as lm
@@ -426,7 +434,7 @@ def plane(
     device: DeviceOpt = Device.auto,
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/plane"),
-    log: LogOpt = False,
+    log: LogOpt = None,
 ) -> None:
     """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
     import lossmap as lm
@@ -456,7 +464,7 @@ def interpolate(
     device: DeviceOpt = Device.auto,
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/interpolate"),
-    log: LogOpt = False,
+    log: LogOpt = None,
 ) -> None:
     """The loss on the straight line between two checkpoints (t from span[0] to span[1])."""
     import lossmap as lm
@@ -476,6 +484,144 @@ def interpolate(
     _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])
 
 
+def _curvature(
+    land: Any,
+    *,
+    k: int,
+    trace_method: str,
+    trace_matvecs: int,
+    steps: int,
+    probes: int,
+    seed: int,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Top/bottom-k eigenvalues, trace and density; the Spectrum carries them in meta."""
+    from lossmap import hessian as H
+
+    t0 = time.perf_counter()
+    op = H.HessianOperator(land)
+    k = min(k, land.num_parameters)
+    with _progress("curvature") as progress:
+        progress(0, 4)
+        top = H.eigenvalues(op, k, which="LA", seed=seed)
+        progress(1, 4)
+        bottom = H.eigenvalues(op, k, which="SA", seed=seed)
+        progress(2, 4)
+        tr = H.trace(op, method=trace_method, matvecs=trace_matvecs, seed=seed)
+        progress(3, 4)
+        sd = H.spectral_density(op, probes=probes, steps=steps, seed=seed)
+        progress(4, 4)
+    rows = [
+        {
+            "which": w,
+            "rank": i + 1,
+            "eigenvalue": float(v),
+            "residual": float(r),
+            "converged": e.converged,
+        }
+        for w, e in (("largest", top), ("smallest", bottom))
+        for i, (v, r) in enumerate(zip(e.values, e.residuals, strict=True))
+    ]
+    sd.meta.update(
+        {
+            "top": top.values.tolist(),
+            "bottom": bottom.values.tolist(),
+            "eigen_matvecs": {"top": top.matvecs, "bottom": bottom.matvecs},
+            "trace": tr.value,
+            "trace_stderr": tr.stderr,
+            "trace_method": tr.method,
+            "trace_matvecs": tr.matvecs,
+            "density_matvecs": sd.matvecs,
+            "hvps": op.matvecs,
+            "ms_per_hvp": 1000 * op.seconds / max(1, op.matvecs),
+            "seconds": time.perf_counter() - t0,
+            "n_parameters": land.num_parameters,
+            "dataset": land.default_dataset,
+            "versions": _versions(),
+        }
+    )
+    return sd, rows
+
+
+def _write_curvature(sd: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    import csv
+
+    from lossmap import plot as lplot
+
+    files = [sd.save(out / "spectrum.h5")]
+    tmp = out / "eigenvalues.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out / "eigenvalues.csv")
+    files.append(out / "eigenvalues.csv")
+    files += lplot.figures(sd, out)
+    return files
+
+
+def _curvature_lines(sd: Any) -> list[str]:
+    m = sd.meta
+    fmt = ", ".join(f"{v:.4g}" for v in m["top"])
+    return [
+        f"  curvature ({m['dataset']}, {m['hvps']} HVPs, {m['ms_per_hvp']:.3g} ms each):",
+        f"    top eigenvalues: {fmt}",
+        f"    most negative: {min(m['bottom']):.4g}",
+        f"    trace: {m['trace']:.4g} ± {m['trace_stderr']:.2g} ({m['trace_method']}, {m['trace_matvecs']} HVPs)",
+    ]
+
+
+@app.command()
+def hessian(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="How many eigenvalues at each end.")] = 5,
+    trace_method: Annotated[
+        str, typer.Option("--trace-method", help="xtrace, hutch++ or hutchinson.")
+    ] = "xtrace",
+    trace_matvecs: Annotated[int, typer.Option("--trace-matvecs", min=6)] = 90,
+    density_steps: Annotated[int, typer.Option("--density-steps", min=2)] = 100,
+    probes: Annotated[int, typer.Option("--probes", min=1)] = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    out: OutOpt = Path("runs/hessian"),
+) -> None:
+    """Curvature at θ0: extreme Hessian eigenvalues, trace and eigenvalue density."""
+    t0 = time.perf_counter()
+    args = dict(locals())
+    if trace_method not in ("xtrace", "hutch++", "hutchinson"):
+        raise CliError(
+            f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
+        )
+    out = _prepare_out(out)
+    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
+    if k > land.num_parameters:
+        raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
+    sd, rows = _curvature(
+        land,
+        k=k,
+        trace_method=trace_method,
+        trace_matvecs=trace_matvecs,
+        steps=density_steps,
+        probes=probes,
+        seed=seed,
+    )
+    files = _write_curvature(sd, rows, out)
+    _write_json(
+        out / "run.json",
+        {
+            "command": "hessian",
+            "arguments": args,
+            "versions": _versions(),
+            "seconds": time.perf_counter() - t0,
+            "curvature": sd.meta,
+            "eigenvalues": rows,
+            "files": sorted(str(f.relative_to(out)) for f in files),
+        },
+    )
+    _echo([*_curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])
+
+
 @app.command()
 def plot(
     result: Annotated[Path, typer.Argument(help="A result file written by lossmap (.h5).")],
@@ -483,7 +629,7 @@ def plot(
         Path | None,
         typer.Option("--out", help="Folder for the figures (default: next to the result)."),
     ] = None,
-    log: LogOpt = False,
+    log: LogOpt = None,
 ) -> None:
     """Re-draw the figures of a saved result."""
     import lossmap as lm
@@ -543,14 +689,28 @@ def demo(
     with _progress("plane") as progress:
         s = lm.plane(land, d1, d2, span=plane_span, steps=plane_steps, progress=progress)
     files = _save_result(c, out, "line") + _save_result(s, out, "surface")
-    _record(out, "demo", args, {"line": c, "surface": s}, files, t0)
+    sd, rows = _curvature(
+        land, k=5, trace_method="xtrace", trace_matvecs=90, steps=100, probes=1, seed=seed
+    )
+    files += _write_curvature(sd, rows, out)
+    _record(
+        out,
+        "demo",
+        args,
+        {"line": c, "surface": s},
+        files,
+        t0,
+        curvature={"summary": sd.meta, "eigenvalues": rows},
+    )
     eng = s.meta["engine"]
     _echo(
         [
             *_summary_lines(c, "line"),
             *_summary_lines(s, "plane"),
+            *_curvature_lines(sd),
             f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
-            f"  wrote {out}/: surface.h5, surface.csv, line.h5, line.csv, {sum(f.suffix == '.png' for f in files)} figures (png+pdf), run.json",
+            f"  wrote {out}/: surface.h5, surface.csv, line.h5, line.csv, spectrum.h5, eigenvalues.csv, "
+            f"{sum(f.suffix == '.png' for f in files)} figures (png+pdf), run.json",
             f"  total {time.perf_counter() - t0:.1f} s",
         ]
     )
