@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/surface.py            # 41 × 41, 3 repeats: benchmarks/results/surface.md
-    python benchmarks/surface.py --quick    # 11 × 11, 1 repeat (a smoke test, a few seconds)
+    python benchmarks/surface.py            # 41 × 41, 5 repeats: benchmarks/results/surface.md
+    python benchmarks/surface.py --quick    # 11 × 11, 1 repeat: results/surface-quick.md
+    python benchmarks/surface.py --models AC --steps 21 --repeats 3
 
 Three models, each evaluated on one full-batch data set (the loss only, no metrics):
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import importlib.metadata
 import os
 import platform
@@ -348,7 +350,7 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     methods: dict[str, Callable[[], Any]] = {
         "naive": lambda: naive_plane(p, alphas, betas),
         "auto": lambda: lossmap_plane(p, steps, "auto"),
-        **{s: (lambda s=s: lossmap_plane(p, steps, s)) for s in eligible},
+        **{s: functools.partial(lossmap_plane, p, steps, s) for s in eligible},
     }
     if ll_ok:
         methods["loss-landscapes"] = lambda: ll_random_plane(p, steps)
@@ -389,11 +391,12 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     if ll_ok:
         log("where loss-landscapes evaluates")
         ll: dict[str, Any] = {}
-        for label, fn in (
-            ("planar_interpolation", ll_planar),
-            ("random_plane", ll_random_plane_ours),
-        ):
-            vals = fn(p, steps)
+        calls: dict[str, Callable[[Problem, int], np.ndarray]] = {
+            "planar_interpolation": ll_planar,
+            "random_plane": ll_random_plane_ours,
+        }
+        for label, call in calls.items():
+            vals = call(p, steps)
             fit = fit_offsets(p, vals)
             fit["as_ours_abs"] = float(np.abs(vals - naive).max())
             ll[label] = fit
@@ -402,15 +405,9 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
 
 
 # ------------------------------------------------------------------ report
-def header(steps: int, repeats: int, load: tuple[float, float]) -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def code_state() -> str:
+    """The git commit and the lossmap files changed in the working tree (read at start:
+    others may commit while a long run is going)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -432,6 +429,18 @@ def header(steps: int, repeats: int, load: tuple[float, float]) -> list[str]:
         changed = ", ".join(line[3:].removeprefix("src/lossmap/") for line in dirty if line)
     except (OSError, subprocess.CalledProcessError):
         changed = "unknown"
+    return f"git {commit}; changed in the working tree at start: {changed or 'nothing'}"
+
+
+def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     try:
         ll_version = importlib.metadata.version("loss-landscapes")
     except importlib.metadata.PackageNotFoundError:
@@ -442,8 +451,8 @@ def header(steps: int, repeats: int, load: tuple[float, float]) -> list[str]:
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- CPU: {cpu} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
         f"- torch {torch.__version__}, numpy {np.__version__}, python "
-        f"{platform.python_version()}, lossmap {lm.__version__} (git {commit}; changed in "
-        f"the working tree: {changed or 'nothing'}), loss-landscapes {ll_version}",
+        f"{platform.python_version()}, lossmap {lm.__version__} ({code}), "
+        f"loss-landscapes {ll_version}",
         f"- median of {repeats} repeat(s) of the whole plane after one warm-up, methods "
         "timed round-robin; ms/pt = plane time / points; lossmap auto includes its "
         "strategy trial; forward = median of one full-batch forward + criterion in "
@@ -609,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model(s) {sorted(unknown)}; choose from {''.join(PROBLEMS)}")
     out_path = args.out or RESULTS / ("surface-quick.md" if args.quick else "surface.md")
 
-    load0 = os.getloadavg()[0]
+    load0, code = os.getloadavg()[0], code_state()
     rows = []
     for key in PROBLEMS:
         if key in args.models:
@@ -617,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{key}] {p.name}: {p.n_params:,} parameters ...", file=sys.stderr, flush=True)
             rows.append(bench_problem(p, steps, repeats, n_forward=20 if args.quick else 50))
 
-    lines = header(steps, repeats, (load0, os.getloadavg()[0]))
+    lines = header(steps, repeats, (load0, os.getloadavg()[0]), code)
     lines += main_table(rows) + strategy_table(rows) + ll_table(rows) + goals_table(rows)
     bad = [
         f"{r['problem'].key}/{s}: max rel Δ {v:.2e}"

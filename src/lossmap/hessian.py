@@ -586,6 +586,8 @@ def spectral_density(
     steps: int = 100,
     sigma: float | None = None,
     grid_points: int = 1000,
+    deflate: bool = True,
+    deflate_tol: float = 1e-8,
     seed: int = 0,
     point: Mapping[str, Tensor] | None = None,
 ) -> Spectrum:
@@ -596,6 +598,12 @@ def spectral_density(
     ``τ_i = (e₁ᵀ s_i)²``; the density is ``(1/probes) Σ τ_i N(t; θ_i, σ²)`` on a grid
     covering the nodes (±5σ), normalised to integrate to 1. ``σ`` defaults to 1/200 of
     the spectrum's width. Uses ``probes * steps`` HVPs.
+
+    ``deflate=True`` (no extra HVPs): Ritz values whose residual is below
+    ``deflate_tol`` times the spectral radius are eigenvalues; they get their expected
+    weight ``1/n`` instead of the noisy ``(v·u_i)²``, and the other weights are rescaled
+    to the remaining mass. This removes most of the single-probe error around the
+    outliers of a trained network's spectrum. ``deflate=False`` is the textbook SLQ.
     """
     op = HessianOperator(land, point) if isinstance(land, Landscape) else land
     if probes < 1 or steps < 2:
@@ -620,15 +628,28 @@ def spectral_density(
                 w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
             b = float(np.linalg.norm(w))
             alpha.append(a)
+            beta.append(b)
             if j == steps - 1 or b <= 1e-10 * max(1.0, abs(a)):
                 break
-            beta.append(b)
             Q[j + 1] = w / b
         theta, s = _tridiag_eigh(alpha, beta)
+        wq = s[0] ** 2
+        if deflate and len(theta) < n:
+            # Converged Ritz values are eigenvalues of H; their quadrature weight
+            # (v·u_i)² is a noisy estimate of 1/n (chi-square with one degree of
+            # freedom). Give them their expected weight exactly and rescale the rest:
+            # the outliers, which dominate the error far from the bulk, become exact.
+            last_beta = beta[len(alpha) - 1] if len(beta) >= len(alpha) else 0.0
+            resid = np.abs(last_beta * s[-1])
+            conv = resid <= deflate_tol * max(float(np.max(np.abs(theta))), 1e-300)
+            k = int(conv.sum())
+            rest = float(wq[~conv].sum())
+            if 0 < k < len(theta) and rest > 0:
+                wq = np.where(conv, 1.0 / n, wq * (1.0 - k / n) / rest)
         nodes = np.full(steps, theta[0])
         wts = np.zeros(steps)
         nodes[: len(theta)] = theta
-        wts[: len(theta)] = s[0] ** 2
+        wts[: len(theta)] = wq
         all_nodes.append(nodes)
         all_w.append(wts)
     nodes_a, w_a = np.array(all_nodes), np.array(all_w)
@@ -641,5 +662,11 @@ def spectral_density(
     if area > 0:
         dens = dens / area
     return Spectrum(
-        grid, dens, nodes_a, w_a, sig, calls, {"probes": probes, "steps": steps, "seed": seed}
+        grid,
+        dens,
+        nodes_a,
+        w_a,
+        sig,
+        calls,
+        {"probes": probes, "steps": steps, "seed": seed, "deflate": deflate},
     )
