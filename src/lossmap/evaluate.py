@@ -23,7 +23,6 @@ Strategies (``strategy=``):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,24 +134,35 @@ class _AffinePlan:
     layer: nn.Module  # the first layer with parameters (Linear / ConvNd)
     layer_keys: dict[str, str]  # full parameter name -> name inside the layer
     rest: nn.Module  # everything after
-    chain: list[tuple[str, nn.Module, dict[str, str]]]  # rest as (kind, module, keys)
+    chain: list[_Step]  # the rest, module by module
 
     @property
     def batched(self) -> bool:
         """Whether the rest can run on ``[P, N, features]`` without vmap: linear layers
         and elementwise activations only, on 2-D (``[N, features]``) activations."""
         return isinstance(self.layer, nn.Linear) and all(
-            kind == "linear" or (kind == "free" and type(m) in _ELEMENTWISE)
-            for kind, m, _ in self.chain
+            st.kind == "linear" or (st.kind == "free" and type(st.module) in _ELEMENTWISE)
+            for st in self.chain
         )
 
 
-def _chain(rest: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module, dict[str, str]]]:
-    """The modules of a Sequential as a flat list the engine can run without
-    ``functional_call``'s per-call overhead: ``"linear"`` (``F.linear`` with the point's
+@dataclass
+class _Step:
+    """One module of the chain: ``kind`` is ``"linear"`` (``F.linear`` with the point's
     weights), ``"free"`` (no parameters or buffers: called as is) or ``"call"``
-    (``functional_call`` on that module alone)."""
-    out: list[tuple[str, nn.Module, dict[str, str]]] = []
+    (``functional_call`` on that module alone); ``keys`` maps full names to local ones."""
+
+    kind: str
+    module: nn.Module
+    keys: dict[str, str]
+    weight: str = ""
+    bias: str | None = None
+
+
+def _chain(rest: nn.Sequential, prefix: str = "") -> list[_Step]:
+    """The modules of a Sequential as a flat list the engine can run without
+    ``functional_call``'s per-call overhead."""
+    out: list[_Step] = []
     for name, m in rest.named_children():
         full = f"{prefix}{name}"
         if type(m) is nn.Sequential:
@@ -161,11 +171,12 @@ def _chain(rest: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module, 
         keys = {f"{full}.{p}": p for p, _ in m.named_parameters()}
         keys.update({f"{full}.{b}": b for b, _ in m.named_buffers()})
         if not keys:
-            out.append(("free", m, keys))
+            out.append(_Step("free", m, keys))
         elif type(m) is nn.Linear:
-            out.append(("linear", m, keys))
+            bias = f"{full}.bias" if m.bias is not None else None
+            out.append(_Step("linear", m, keys, f"{full}.weight", bias))
         else:
-            out.append(("call", m, keys))
+            out.append(_Step("call", m, keys))
     return out
 
 
@@ -193,25 +204,25 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )
 
 
-def _run_chain_batched(
-    chain: list[tuple[str, nn.Module, dict[str, str]]], tensors: Mapping[str, Tensor], h: Tensor
-) -> Tensor:
-    """The chain on ``h: [P, N, features]`` with per-point weights ``[P, out, in]``."""
-    for kind, m, keys in chain:
-        if kind == "free":
-            h = m(h)
+def _run_chain_batched(chain: list[_Step], tensors: Mapping[str, Tensor], h: Tensor) -> Tensor:
+    """The chain on ``h: [P, N, features]`` (a tensor the caller owns) with per-point
+    weights ``[P, out, in]``; activations in place where possible."""
+    for st in chain:
+        if st.kind == "free":
+            inplace = _INPLACE.get(type(st.module))
+            h = inplace(st.module, h) if inplace is not None else st.module(h)
             continue
-        w = tensors[next(k for k, p in keys.items() if p == "weight")]
-        b = next((tensors[k] for k, p in keys.items() if p == "bias"), None)
-        if b is None:
-            h = torch.bmm(h, w.transpose(1, 2))
-        else:
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        w = tensors[st.weight].transpose(1, 2)
+        h = (
+            torch.bmm(h, w)
+            if st.bias is None
+            else torch.baddbmm(tensors[st.bias].unsqueeze(1), h, w)
+        )
     return h
 
 
 def _run_chain(
-    chain: list[tuple[str, nn.Module, dict[str, str]]],
+    chain: list[_Step],
     tensors: Mapping[str, Tensor],
     h: Tensor,
     bufs: dict[int, Tensor] | None = None,
@@ -223,13 +234,13 @@ def _run_chain(
     buffer kept across points, so a point allocates no large tensor. On CPU, fresh
     multi-hundred-kB allocations per layer cost as much as the matmuls themselves.
     """
-    for i, (kind, m, keys) in enumerate(chain):
-        if kind == "free":
-            inplace = _INPLACE.get(type(m)) if bufs is not None else None
-            h = inplace(m, h) if inplace is not None else m(h)
-        elif kind == "linear":
-            w = tensors[next(k for k, p in keys.items() if p == "weight")]
-            b = next((tensors[k] for k, p in keys.items() if p == "bias"), None)
+    for i, st in enumerate(chain):
+        if st.kind == "free":
+            inplace = _INPLACE.get(type(st.module)) if bufs is not None else None
+            h = inplace(st.module, h) if inplace is not None else st.module(h)
+        elif st.kind == "linear":
+            w = tensors[st.weight]
+            b = tensors[st.bias] if st.bias is not None else None
             if bufs is not None and b is not None and h.ndim == 2:
                 out = bufs.get(i)
                 if out is None or out.shape != (h.shape[0], w.shape[0]) or out.dtype != h.dtype:
@@ -238,7 +249,7 @@ def _run_chain(
             else:
                 h = torch.nn.functional.linear(h, w, b)
         else:
-            h = functional_call(m, {p: tensors[k] for k, p in keys.items()}, (h,))
+            h = functional_call(st.module, {p: tensors[k] for k, p in st.keys.items()}, (h,))
     return h
 
 
@@ -339,23 +350,23 @@ class _Evaluator:
         z0, z, target = self._affine_parts(batch, cache)
         n = batch_size(batch)
         coeffs = self.points.coeff_tensor(idx, z0)
-        rest_keys = [k for k in params if k not in self.plan.layer_keys]
         fixed = land._fixed0
         chain = self.plan.chain
-
-        rp = {k: params[k] for k in rest_keys}
+        rp = params
         if s == "affine":
+            # One point at a time; the first layer's output and every later layer's
+            # output live in buffers kept across points.
             rows = []
             h = self._bufs.get(-1)
             if h is None or h.shape != z0.shape:
                 h = self._bufs[-1] = torch.empty_like(z0)
             cs = self.points.coeffs[idx]
             for i in range(len(idx)):
-                h.copy_(z0)
-                for k in range(z.shape[0]):
+                torch.add(z0, z[0], alpha=float(cs[i, 0]), out=h)
+                for k in range(1, z.shape[0]):
                     h.add_(z[k], alpha=float(cs[i, k]))
-                p = {k: v[i] for k, v in rp.items()}
-                out = _run_chain(chain, {**fixed, **p}, h, self._bufs)
+                tensors = {**fixed, **{k: v[i] for k, v in rp.items()}}
+                out = _run_chain(chain, tensors, h, self._bufs)
                 rows.append(land.output_stats(out, target, n))
             return torch.stack(rows)
 
@@ -567,46 +578,49 @@ def _choose(
     vchunk: int,
     n: int,
 ) -> tuple[str, str, dict[str, float]]:
-    """Time each eligible strategy on the first points; keep the fastest per point."""
+    """Time the candidate strategies on the first points; keep the fastest per point.
+
+    Only two candidates are timed: a many-points-per-call one and a one-point one.
+    Where the affine plan applies, ``affine-vmap`` and ``affine`` do strictly less work
+    than ``vmap`` and ``loop`` (the same computation without the first layer), so the
+    latter are not timed. Each trial is one warm-up call and one timed call. The choice
+    is remembered on the landscape for later views of the same kind.
+    """
     if n < 16 or len(eligible) == 1:
         pick = "affine" if "affine" in eligible else "loop"
         return pick, f"{n} point(s): too few to be worth timing", {}
+    key = (type(points).__name__, len(getattr(points, "directions", ())), tuple(dsets), vchunk)
+    known = land._choices.get(key)
+    if known is not None:
+        return known[0], f"{known[1]} (timed earlier on this landscape)", known[2]
     first = land.datasets[dsets[0]]
     batch = next(iter(first))
+    candidates = ["affine-vmap", "affine"] if "affine" in eligible else ["vmap", "loop"]
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
-    skipped: list[str] = []
-    # One-point-at-a-time strategies first (cheap to time); the vmap ones only when
-    # their trial costs at most 10 % of the run (or 0.3 s), judged by the best so far.
-    order = sorted(eligible, key=lambda k: k.endswith("vmap"))
-    for s in order:
+    for s in candidates:
+        if s not in eligible:
+            continue
         vm = s.endswith("vmap")
-        m = min(n, vchunk, 64) if vm else min(n, 3)
-        if vm and timings:
-            best = min(timings.values()) / 1000
-            if 3 * m * best > max(0.1 * n * best, 0.3):
-                skipped.append(s)
-                continue
+        m = min(n, vchunk, 64) if vm else min(n, 2)
         idx = np.arange(m)
         try:
             ev = _Evaluator(land, points, s)
             params = points.stacked(idx, ev.keys)
-            for _ in range(1 if vm else 2):  # warm-up (and the affine precomputation)
-                ev(params, idx, batch, cache=True)
-            dt = min(_time(ev, params, idx, batch) for _ in range(2 if vm else 3))
-            timings[s] = 1000 * dt / m
+            ev(params, idx, batch, cache=True)  # warm-up (and the affine precomputation)
+            timings[s] = 1000 * _time(ev, params, idx, batch) / m
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
             errors[s] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     if not timings:
         raise RuntimeError(f"no evaluation strategy could run this model: {errors}")
     pick = min(timings, key=lambda k: timings[k])
-    base = timings.get("loop", math.nan)
-    reason = (
-        f"fastest when timed on {batch_size(batch)} samples: {timings[pick]:.3g} ms/point "
-        f"vs loop {base:.3g} ms/point"
+    reason = f"fastest when timed on {batch_size(batch)} samples: " + ", ".join(
+        f"{k} {v:.3g} ms/point" for k, v in timings.items()
     )
-    if skipped:
-        reason += f"; not timed (trial would cost over 10 % of the run): {', '.join(skipped)}"
+    if "affine" in eligible:
+        reason += "; vmap/loop not timed (affine does the same work minus the first layer)"
     if errors:
         reason += "; could not run: " + "; ".join(f"{k} ({v})" for k, v in errors.items())
-    return pick, reason, {k: round(v, 4) for k, v in timings.items()}
+    rounded = {k: round(v, 4) for k, v in timings.items()}
+    land._choices[key] = (pick, reason, rounded)
+    return pick, reason, rounded

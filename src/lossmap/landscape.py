@@ -294,6 +294,8 @@ class Landscape:
         if bad:
             raise ValueError(f"metric names must not be 'loss' or contain '/', got {bad}")
         self.metrics: dict[str, Metric] = dict(metrics)
+        # Evaluation strategies chosen by timing, per kind of view (see lossmap.evaluate).
+        self._choices: dict[tuple[Any, ...], tuple[str, str, dict[str, float]]] = {}
         # Plain cross-entropy (with or without the default accuracy) has a fused path.
         self._fast_ce = (
             type(criterion) is nn.CrossEntropyLoss
