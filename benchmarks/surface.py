@@ -167,6 +167,9 @@ def naive_plane(p: Problem, alphas: np.ndarray, betas: np.ndarray) -> np.ndarray
 
 
 def lossmap_plane(p: Problem, steps: int, strategy: str) -> lm.Surface:
+    # The landscape remembers the strategy it timed; forget it so that every "auto"
+    # run pays for its timing trial, as a user's first plane does.
+    p.land._choices.clear()
     return lm.plane(p.land, p.d1, p.d2, span=SPAN, steps=steps, strategy=strategy)
 
 

@@ -389,6 +389,32 @@ def _directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) 
     )
 
 
+def _random_slice(view: str, args: dict[str, Any]) -> None:
+    """``lossmap line`` / ``lossmap plane``: validate, build, evaluate, write."""
+    import lossmap as lm
+
+    t0 = time.perf_counter()
+    n = 1 if view == "line" else 2
+    lm.slices.parse_span(args["span"], n)
+    lm.slices._parse_steps(args["steps"], n)
+    out = _prepare_out(args["out"])
+    land = with_checkpoint(
+        build_landscape(args["model"], args["example"], args["device"]), args["checkpoint"]
+    )
+    dirs = _directions(land, n, args["normalization"], args["ignore"], args["seed"])
+    kw = {"span": args["span"], "steps": args["steps"], "strategy": args["strategy"]}
+    with _progress(view) as progress:
+        r = (
+            lm.line(land, dirs[0], progress=progress, **kw)
+            if n == 1
+            else lm.plane(land, *dirs, progress=progress, **kw)
+        )
+    name = "line" if n == 1 else "surface"
+    files = _save_result(r, out, name, log=args["log"])
+    _record(out, view, args, {name: r}, files, t0)
+    _echo([*_summary_lines(r, view), f"wrote {out}/ ({len(files)} files)"])
+
+
 # ---------------------------------------------------------------- commands
 @app.command()
 def line(
@@ -406,19 +432,7 @@ def line(
     log: LogOpt = None,
 ) -> None:
     """The loss along one random (normalised) direction through θ0."""
-    import lossmap as lm
-
-    t0 = time.perf_counter()
-    args = dict(locals())
-    lm.slices.parse_span(span, 1)
-    out = _prepare_out(out)
-    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
-    (d,) = _directions(land, 1, normalization, ignore, seed)
-    with _progress("line") as progress:
-        c = lm.line(land, d, span=span, steps=steps, strategy=strategy, progress=progress)
-    files = _save_result(c, out, "line", log=log)
-    _record(out, "line", args, {"line": c}, files, t0)
-    _echo([*_summary_lines(c, "line"), f"wrote {out}/ ({len(files)} files)"])
+    _random_slice("line", dict(locals()))
 
 
 @app.command()
@@ -437,20 +451,7 @@ def plane(
     log: LogOpt = None,
 ) -> None:
     """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
-    import lossmap as lm
-
-    t0 = time.perf_counter()
-    args = dict(locals())
-    lm.slices.parse_span(span, 2)
-    lm.slices._parse_steps(steps, 2)
-    out = _prepare_out(out)
-    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
-    d1, d2 = _directions(land, 2, normalization, ignore, seed)
-    with _progress("plane") as progress:
-        s = lm.plane(land, d1, d2, span=span, steps=steps, strategy=strategy, progress=progress)
-    files = _save_result(s, out, "surface", log=log)
-    _record(out, "plane", args, {"surface": s}, files, t0)
-    _echo([*_summary_lines(s, "plane"), f"wrote {out}/ ({len(files)} files)"])
+    _random_slice("plane", dict(locals()))
 
 
 @app.command()

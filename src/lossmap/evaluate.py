@@ -204,20 +204,25 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )
 
 
-def _run_chain_batched(chain: list[_Step], tensors: Mapping[str, Tensor], h: Tensor) -> Tensor:
+def _run_chain_batched(
+    chain: list[_Step], tensors: Mapping[str, Tensor], h: Tensor, *, classes_first: bool = False
+) -> Tensor:
     """The chain on ``h: [P, N, features]`` (a tensor the caller owns) with per-point
-    weights ``[P, out, in]``; activations in place where possible."""
-    for st in chain:
+    weights ``[P, out, in]``; activations in place where possible. With
+    ``classes_first`` the last layer (linear) writes ``[P, out, N]``."""
+    last = len(chain) - 1
+    for i, st in enumerate(chain):
         if st.kind == "free":
             inplace = _INPLACE.get(type(st.module))
             h = inplace(st.module, h) if inplace is not None else st.module(h)
             continue
-        w = tensors[st.weight].transpose(1, 2)
-        h = (
-            torch.bmm(h, w)
-            if st.bias is None
-            else torch.baddbmm(tensors[st.bias].unsqueeze(1), h, w)
-        )
+        w = tensors[st.weight]
+        b = tensors[st.bias] if st.bias is not None else None
+        if classes_first and i == last:
+            ht = h.transpose(1, 2)
+            return torch.bmm(w, ht) if b is None else torch.baddbmm(b.unsqueeze(2), w, ht)
+        wt = w.transpose(1, 2)
+        h = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
     return h
 
 
@@ -373,11 +378,17 @@ class _Evaluator:
         if self.plan.batched:
             # Many points as one batched computation, without vmap: [P, N, H] activations,
             # batched matmuls, and the loss reduced per point by a known formula.
-            h = z0.unsqueeze(0) + torch.tensordot(coeffs, z, dims=1)
-            out = _run_chain_batched(chain, {**fixed, **rp}, h)
-            stats = land.batched_output_stats(out, target, n)
+            flat = torch.addmm(z0.reshape(1, -1), coeffs, z.reshape(z.shape[0], -1))
+            h = flat.view(len(idx), *z0.shape)
+            cf = (
+                land.classes_first_ok and bool(chain) and chain[-1].kind == "linear" and h.ndim == 3
+            )
+            out = _run_chain_batched(chain, {**fixed, **rp}, h, classes_first=cf)
+            stats = land.batched_output_stats(out, target, n, classes_first=cf)
             if stats is not None:
                 return stats
+            if cf:
+                out = out.transpose(1, 2)
 
             def head(o: Tensor) -> Tensor:
                 return land.output_stats(o, target, n)
