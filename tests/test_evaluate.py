@@ -103,3 +103,47 @@ def test_batched_losses_match_the_loop(kind) -> None:
         np.testing.assert_allclose(
             batched.values[k], loop.values[k], rtol=1e-5, atol=1e-7, err_msg=k
         )
+
+
+def test_auto_values_are_bit_identical_to_its_pick_run_alone(mlp_data) -> None:
+    """auto keeps the rows its timing trial computed: they must be exactly the rows the
+    chosen strategy computes on its own (same chunks, same arithmetic)."""
+    model, x, y = mlp_data
+    land = lm.Landscape(
+        model, nn.CrossEntropyLoss(), data={"train": (x, y), "test": (x[:30], y[:30])}
+    )
+    d1, d2 = lm.directions.random(land, 2, seed=0)
+    for _ in range(3):  # whichever strategy the timing picks
+        land._choices.clear()
+        auto = lm.plane(land, d1, d2, steps=(9, 7))
+        pick = auto.meta["engine"]["strategy"]
+        alone = lm.plane(land, d1, d2, steps=(9, 7), strategy=pick)
+        for k in auto.values:
+            np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=f"{pick} {k}")
+
+
+@pytest.mark.parametrize("winner", ["affine", "affine-vmap"])
+def test_auto_keeps_the_trial_rows_of_either_winner(mlp_data, monkeypatch, winner) -> None:
+    import time
+
+    from lossmap import evaluate
+
+    model, x, y = mlp_data
+    land = lm.Landscape(
+        model, nn.CrossEntropyLoss(), data={"train": (x, y), "test": (x[:30], y[:30])}
+    )
+    d1, d2 = lm.directions.random(land, 2, seed=0)
+    alone = lm.plane(land, d1, d2, steps=(9, 7), strategy=winner)
+    original = evaluate._Evaluator.__call__
+
+    def slow_loser(self, *args, **kwargs):
+        if self.strategy != winner:
+            time.sleep(0.02)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate._Evaluator, "__call__", slow_loser)
+    land._choices.clear()
+    auto = lm.plane(land, d1, d2, steps=(9, 7))
+    assert auto.meta["engine"]["strategy"] == winner
+    for k in auto.values:
+        np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=k)

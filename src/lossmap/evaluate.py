@@ -72,13 +72,21 @@ class Span:
         return torch.as_tensor(self.coeffs[idx], dtype=like.dtype, device=like.device)
 
     def stacked(self, idx: np.ndarray, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """The points ``idx`` as ``{name: Tensor[len(idx), *shape]}`` (only ``keys``)."""
+        """The points ``idx`` as ``{name: Tensor[len(idx), *shape]}`` (only ``keys``).
+
+        Computed elementwise, ``origin + c_0 d_0 + c_1 d_1 + ...`` in that order, so a
+        point's parameters are bit-identical whichever chunk it is computed in.
+        """
         out = {}
         for k in keys if keys is not None else self.origin:
             t = self.origin[k]
             c = self.coeff_tensor(idx, t)
             d = self._stacked[k]
-            out[k] = t.unsqueeze(0) + (c @ d.reshape(d.shape[0], -1)).reshape(len(idx), *t.shape)
+            view = (len(idx),) + (1,) * t.ndim
+            acc = t.unsqueeze(0) + c[:, 0].view(view) * d[0]
+            for j in range(1, d.shape[0]):
+                acc = acc + c[:, j].view(view) * d[j]
+            out[k] = acc
         return out
 
 
@@ -482,10 +490,26 @@ def _eligible(land: Landscape, points: PointSet) -> list[str]:
     return out
 
 
-def _time(ev: _Evaluator, params: dict[str, Tensor], idx: np.ndarray, batch: Batch) -> float:
-    t0 = time.perf_counter()
-    ev(params, idx, batch, cache=True)
-    return time.perf_counter() - t0
+def _chunk_size(
+    land: Landscape, strategy: str, n: int, vchunk: int, budget: int, streaming: bool
+) -> int:
+    if strategy.endswith("vmap"):
+        return vchunk
+    # Loops: many points per pass when streaming, so the loader runs rarely.
+    param_bytes = land.num_parameters * 4
+    return int(max(1, min(n, 4096 if streaming else 64, budget // (2 * param_bytes))))
+
+
+@dataclass
+class _Trial:
+    """What ``auto`` timed, and the rows it computed that the run can keep."""
+
+    strategy: str
+    reason: str
+    timings: dict[str, float]
+    ev: _Evaluator | None = None
+    idx: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
 
 def run(
@@ -510,7 +534,10 @@ def run(
         memory_fraction: share of free device memory a chunk may use.
 
     Returns:
-        :class:`EvalResult` with non-finite values stored as NaN.
+        :class:`EvalResult` with non-finite values stored as NaN. The values do not
+        depend on whether ``auto`` timed its candidates in this call: a chosen
+        strategy always runs the same chunks, and the trial's rows are kept only when
+        they are exactly the rows the run would compute.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -526,13 +553,17 @@ def run(
     eligible = _eligible(land, points)
     info: dict[str, Any] = {"n_points": n, "eligible": eligible}
     streaming = any(not land.datasets[d].in_memory for d in dsets)
+    out = np.empty((n, len(dsets) * len(land.stat_names)))
+    done_mask = np.zeros(n, dtype=bool)
 
     with land.mode(), torch.inference_mode():
         vchunk = _vmap_chunk(land, n, budget)
+        trial: _Trial | None = None
         if strategy == "auto":
-            strategy, reason, timings = _choose(land, points, dsets, eligible, vchunk, n)
-            info["timings_ms_per_point"] = timings
-            info["reason"] = reason
+            trial = _choose(land, points, dsets, eligible, vchunk, n, budget, streaming, chunk_size)
+            strategy = trial.strategy
+            info["timings_ms_per_point"] = trial.timings
+            info["reason"] = trial.reason
         elif strategy not in eligible:
             raise ValueError(
                 f"strategy {strategy!r} cannot run here (eligible: {', '.join(eligible)}); "
@@ -540,21 +571,21 @@ def run(
             )
         else:
             info["reason"] = "asked for"
-        ev = _Evaluator(land, points, strategy)
         if chunk_size is None:
-            if strategy.endswith("vmap"):
-                chunk_size = vchunk
-            else:
-                # Loops: many points per pass when streaming, so the loader runs rarely.
-                param_bytes = land.num_parameters * 4
-                chunk_size = int(
-                    max(1, min(n, 4096 if streaming else 64, budget // (2 * param_bytes)))
-                )
+            chunk_size = _chunk_size(land, strategy, n, vchunk, budget, streaming)
+        ev = _Evaluator(land, points, strategy)
+        if trial is not None and trial.rows is not None and trial.idx is not None:
+            assert trial.ev is not None
+            ev = trial.ev  # keeps its caches (the affine precomputation)
+            out[trial.idx] = trial.rows
+            done_mask[trial.idx] = True
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
-        out = np.empty((n, len(dsets) * len(land.stat_names)))
-        done = 0
-        queue = chunks(n, chunk_size)
+        queue = [c for c in chunks(n, chunk_size) if not done_mask[c].all()]
+        queue = [c[~done_mask[c]] for c in queue]
+        done = int(done_mask.sum())
+        if progress is not None and done:
+            progress(done, n)
         while queue:
             idx = queue.pop(0)
             try:
@@ -588,44 +619,56 @@ def _choose(
     eligible: list[str],
     vchunk: int,
     n: int,
-) -> tuple[str, str, dict[str, float]]:
+    budget: int,
+    streaming: bool,
+    chunk_size: int | None,
+) -> _Trial:
     """Time the candidate strategies on the first points; keep the fastest per point.
 
     Only two candidates are timed: a many-points-per-call one and a one-point one.
     Where the affine plan applies, ``affine-vmap`` and ``affine`` do strictly less work
     than ``vmap`` and ``loop`` (the same computation without the first layer), so the
-    latter are not timed. Each trial is one warm-up call and one timed call. The choice
-    is remembered on the landscape for later views of the same kind.
+    latter are not timed. With data held in memory each candidate evaluates the real
+    first chunk of the run it would make (after a small warm-up), and the winner's rows
+    are kept, so the trial costs only the loser's share; with streamed data the trial
+    times one batch. The choice is remembered on the landscape for later views of the
+    same kind.
     """
     if n < 16 or len(eligible) == 1:
         pick = "affine" if "affine" in eligible else "loop"
-        return pick, f"{n} point(s): too few to be worth timing", {}
+        return _Trial(pick, f"{n} point(s): too few to be worth timing", {})
     key = (type(points).__name__, len(getattr(points, "directions", ())), tuple(dsets), vchunk)
     known = land._choices.get(key)
     if known is not None:
-        return known[0], f"{known[1]} (timed earlier on this landscape)", known[2]
-    first = land.datasets[dsets[0]]
-    batch = next(iter(first))
+        return _Trial(known[0], f"{known[1]} (timed earlier on this landscape)", known[2])
+    batch = next(iter(land.datasets[dsets[0]]))
     candidates = ["affine-vmap", "affine"] if "affine" in eligible else ["vmap", "loop"]
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
+    kept: dict[str, tuple[_Evaluator, np.ndarray, np.ndarray]] = {}
     for s in candidates:
         if s not in eligible:
             continue
-        vm = s.endswith("vmap")
-        m = min(n, vchunk, 64) if vm else min(n, 2)
-        idx = np.arange(m)
+        size = chunk_size or _chunk_size(land, s, n, vchunk, budget, streaming)
+        # The run's first chunk (a one-point strategy: its first two points).
+        idx = np.arange(min(n, size) if s.endswith("vmap") else min(n, size, 2))
         try:
             ev = _Evaluator(land, points, s)
-            params = points.stacked(idx, ev.keys)
-            ev(params, idx, batch, cache=True)  # warm-up (and the affine precomputation)
-            timings[s] = 1000 * _time(ev, params, idx, batch) / m
+            warm = idx[: min(len(idx), 2)]
+            ev(points.stacked(warm, ev.keys), warm, batch, cache=True)  # warm-up, precompute
+            t0 = time.perf_counter()
+            if streaming:
+                ev(points.stacked(idx, ev.keys), idx, batch, cache=False)
+            else:
+                kept[s] = (ev, idx, _passes(ev, land, points, idx, dsets, cache=True).numpy())
+            timings[s] = 1000 * (time.perf_counter() - t0) / len(idx)
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
             errors[s] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     if not timings:
         raise RuntimeError(f"no evaluation strategy could run this model: {errors}")
     pick = min(timings, key=lambda k: timings[k])
-    reason = f"fastest when timed on {batch_size(batch)} samples: " + ", ".join(
+    what = "the first points" if not streaming else f"one batch of {batch_size(batch)} samples"
+    reason = f"fastest when timed on {what}: " + ", ".join(
         f"{k} {v:.3g} ms/point" for k, v in timings.items()
     )
     if "affine" in eligible:
@@ -634,4 +677,7 @@ def _choose(
         reason += "; could not run: " + "; ".join(f"{k} ({v})" for k, v in errors.items())
     rounded = {k: round(v, 4) for k, v in timings.items()}
     land._choices[key] = (pick, reason, rounded)
-    return pick, reason, rounded
+    if pick in kept:
+        ev, idx, rows = kept[pick]
+        return _Trial(pick, reason, rounded, ev, idx, rows)
+    return _Trial(pick, reason, rounded)
