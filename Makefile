@@ -33,7 +33,10 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]" || echo "bench extra unavailable: peers skipped"
+	$(BIN)/python -m pip install -q einops opt-einsum einconv linear_operator tqdm && \
+	  $(BIN)/python -m pip install -q --no-deps curvlinops-for-pytorch==3.0.1 || echo "curvlinops unavailable: skipped"
 	$(BIN)/python benchmarks/surface.py
+	$(BIN)/python benchmarks/curvature.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
