@@ -362,10 +362,14 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     fwd: list[float] = []
     picks: list[str] = []
     engine_timings: list[dict[str, float]] = []
-    for _ in range(repeats):
+    order = list(methods)
+    for r in range(repeats):
         # The unit of cost is measured in the same time windows as the methods.
         fwd.append(forward_ms(p, n_forward))
-        for k, fn in methods.items():
+        # Rotate the order every repeat: whichever method runs right after the naive
+        # loop (which allocates a model copy per plane) starts with colder caches.
+        for k in order[r % len(order) :] + order[: r % len(order)]:
+            fn = methods[k]
             t0 = time.perf_counter()
             res = fn()
             times[k].append(time.perf_counter() - t0)
@@ -457,7 +461,7 @@ def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> li
         f"{platform.python_version()}, lossmap {lm.__version__} ({code}), "
         f"loss-landscapes {ll_version}",
         f"- median of {repeats} repeat(s) of the whole plane after one warm-up, methods "
-        "timed round-robin; ms/pt = plane time / points; lossmap auto includes its "
+        "timed round-robin in a rotating order; ms/pt = plane time / points; lossmap auto includes its "
         "strategy trial; forward = median of one full-batch forward + criterion in "
         "inference mode, measured in every repeat",
         f"- 1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f} (the machine "

@@ -317,7 +317,7 @@ def curve(
         datasets: which data sets (default all).
         ax: axes to draw in (default a new figure).
         logy: log scale for the left axis (values ``<= 0`` masked); ``None``: automatic.
-        mark_origin: a vertical line at θ0 (``alpha = 0``), or at ``a`` and ``b``
+        mark_origin: a vertical line at θ0 (``result.theta0``), or at ``a`` and ``b``
             (``t = 0, 1``) for an interpolation path.
 
     Returns:
@@ -429,7 +429,7 @@ def contour(
         levels: about how many levels (nice round values), or the levels themselves.
         log: log colour scale and log-spaced levels (values ``<= 0`` masked);
             ``None``: automatic (see the module docstring).
-        mark_origin: a star at θ0 ``(0, 0)`` when it is in the plane.
+        mark_origin: a star at θ0 (``result.theta0``) when it is in the plane.
         filled: filled contours (``contourf``) under thin labelled lines.
 
     Returns:
@@ -488,7 +488,7 @@ def heatmap(
         key: ``"loss"`` (first data set), ``"test/loss"``, ``"accuracy"``, ...
         ax: axes to draw in (default a new figure).
         log: log colour scale (values ``<= 0`` masked); ``None``: automatic.
-        mark_origin: a star at θ0 ``(0, 0)`` when it is in the plane.
+        mark_origin: a star at θ0 (``result.theta0``) when it is in the plane.
 
     Returns:
         The figure.
