@@ -6,11 +6,15 @@ and ``run.json`` (arguments, versions, seed, timings, summary).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +34,10 @@ app = typer.Typer(
 
 class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# What main() needs to report an interruption and what run.json records of the call.
+_RUN: dict[str, Any] = {"argv": [], "journal": None}
 
 
 class Example(str, enum.Enum):
@@ -165,11 +173,23 @@ def _rebuild(land: Any, device: str) -> Any:
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _is_state(obj: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) -> dict[str, Any]:
     """A state dict from a checkpoint file, loaded with ``weights_only=True``.
 
     Recognises state dicts nested in training checkpoints (``{"model": ...}``,
-    ``{"state_dict": ...}``) and strips DataParallel's ``module.`` prefix.
+    ``{"state_dict": ...}`` as Lightning writes them; ``key`` names the place
+    explicitly, dotted for deeper levels: ``"ema.model"``). ``trust=True`` allows full
+    unpickling, which runs code from the file: only for files the user trusts.
     """
     import pickle
 
@@ -178,7 +198,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CliError(f"--checkpoint: no file {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Unsupported global" not in text:  # not a pickle of objects: a damaged file
@@ -191,7 +211,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
         raise CliError(
             f"--checkpoint {path} holds pickled Python objects ({name}), which could run code when "
-            "loaded; save a plain state_dict (torch.save(model.state_dict(), path)) instead"
+            "loaded; save a plain state_dict (torch.save(model.state_dict(), path)), or pass "
+            "--trust-checkpoint if you trust the file"
         ) from None
     except Exception as e:
         raise CliError(
@@ -199,35 +220,145 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'}); "
             "is it truncated or corrupt?"
         ) from None
-    if isinstance(obj, Mapping):
-        for key in _NESTED_KEYS:
-            inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CliError(
-            f"--checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; "
-            "save model.state_dict()"
+    if key is not None:
+        for part in key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                have = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+                raise CliError(
+                    f"--checkpoint-key {key!r}: {part!r} is not in {path} (it has {have})"
+                )
+            obj = obj[part]
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+    elif isinstance(obj, Mapping) and not _is_state(obj):
+        inner = [k for k in _NESTED_KEYS if _is_state(obj.get(k))]
+        if inner:
+            obj = obj[inner[0]]
+    if isinstance(obj, torch.nn.Module) and trust:
+        obj = obj.state_dict()
+    if not _is_state(obj):
+        hint = (
+            f"; its keys are {list(obj)[:8]}: name the state dict with --checkpoint-key"
+            if isinstance(obj, Mapping)
+            else "; save model.state_dict()"
         )
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
+        raise CliError(
+            f"--checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors{hint}"
+        )
+    return dict(obj)
+
+
+def _align_prefix(sd: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """Strip a prefix every key shares (DataParallel's ``module.``, Lightning's
+    ``model.``) when that makes the keys those of the model."""
+    if set(sd) <= expected or not sd:
+        return sd
+    first = next(iter(sd))
+    parts = first.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i]) + "."
+        if all(k.startswith(prefix) for k in sd):
+            stripped = {k[len(prefix) :]: v for k, v in sd.items()}
+            if set(stripped) & expected:
+                return stripped
     return sd
 
 
-def with_checkpoint(land: Any, checkpoint: Path | None) -> Any:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def with_checkpoint(
+    land: Any, checkpoint: Path | None, *, key: str | None = None, trust: bool = False
+) -> Any:
     if checkpoint is None:
         return land
-    sd = load_checkpoint(checkpoint)
+    if trust:
+        typer.echo(
+            f"warning: loading {checkpoint} with full unpickling (--trust-checkpoint)", err=True
+        )
+    sd = load_checkpoint(checkpoint, key=key, trust=trust)
+    sd = _align_prefix(sd, set(land._params0) | set(land._fixed0))
     try:
         return land.at(sd)
     except ValueError as e:
         raise CliError(f"--checkpoint {checkpoint}: {e}") from None
+
+
+def _data_hash(land: Any) -> dict[str, str]:
+    """A hash of each data set held in memory (streamed sets: their batch count)."""
+    from lossmap.store import hash_tensors
+
+    out = {}
+    for name, ds in land.datasets.items():
+        if ds.in_memory:
+            tensors = [t for b in ds.batches for t in (b if isinstance(b, tuple | list) else [b])]
+            tensors = [t for t in tensors if hasattr(t, "detach")]
+            out[name] = hash_tensors(tensors)
+        else:
+            out[name] = "streamed"
+    return out
+
+
+def _check_theta0(land: Any) -> float:
+    """Evaluate θ0 once on every data set before the long work: seconds per point.
+
+    A model that cannot run on its data, or whose loss at θ0 is not finite, is refused
+    here in one line rather than after hours of NaN.
+    """
+    t = time.perf_counter()
+    try:
+        vals = land.evaluate([land._params0], strategy="loop")
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail"
+        raise CliError(
+            f"evaluating the model at θ0 failed ({type(e).__name__}: {msg}); check that the "
+            "data fit the model and the criterion (input shapes, labels in [0, classes))"
+        ) from None
+    secs = time.perf_counter() - t
+    for k, v in vals.items():
+        if k.endswith("/loss") and not math.isfinite(float(v[0])):
+            raise CliError(
+                f"the {k} at θ0 is {float(v[0])}; check the checkpoint and the data "
+                "(a diverged model, NaN inputs, or a loss that overflows)"
+            )
+    return secs
+
+
+def _human(seconds: float) -> str:
+    for unit, n in (("years", 3.15e7), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= n:
+            return f"{seconds / n:,.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: float) -> None:
+    from lossmap.slices import MAX_POINTS
+
+    total = steps**n_axes
+    est = total * secs_per_point
+    if total > MAX_POINTS or est > max_hours * 3600:
+        grid = " x ".join([str(steps)] * n_axes)
+        raise CliError(
+            f"a {grid} grid is {total:,} points: about {_human(est)} at the "
+            f"{1e3 * secs_per_point:.3g} ms one point took here; use fewer --steps "
+            f"(limits: {MAX_POINTS:,} points, --max-hours {max_hours:g})"
+        )
+
+
+def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
+    from lossmap.store import Journal, JournalMismatch
+
+    try:
+        j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
+    except JournalMismatch as e:
+        raise CliError(str(e)) from None
+    _RUN["journal"] = j.path
+    return j
 
 
 def _prepare_out(out: Path) -> Path:
@@ -333,6 +464,20 @@ def _record(
     )
 
 
+def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it."""
+    from lossmap.store import hash_tensors
+
+    return {
+        "argv": list(_RUN["argv"]),
+        "cwd": os.getcwd(),
+        "device": str(land.device),
+        "theta0_sha256": hash_tensors(land._params0),
+        "data_sha256": _data_hash(land),
+        "fingerprint": fingerprint,
+    }
+
+
 def _echo(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
@@ -372,6 +517,29 @@ LogOpt = Annotated[
         help="Colour/height scale of loss figures (default: log when the loss spans decades).",
     ),
 ]
+RestartOpt = Annotated[
+    bool,
+    typer.Option("--restart", help="Discard what the run folder's journal holds; start afresh."),
+]
+ChunkOpt = Annotated[
+    int | None, typer.Option("--chunk-size", min=1, help="Points per chunk (default: by memory).")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow checkpoints that need full unpickling (this runs code from the file).",
+    ),
+]
+CkptKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint-key", help="Where the state dict sits in the checkpoint, e.g. 'state_dict'."
+    ),
+]
+MaxHoursOpt = Annotated[
+    float, typer.Option("--max-hours", min=0, help="Refuse grids estimated to take longer.")
+]
 StrategyOpt = Annotated[
     str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
 ]
@@ -390,29 +558,58 @@ def _directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) 
 
 
 def _random_slice(view: str, args: dict[str, Any]) -> None:
-    """``lossmap line`` / ``lossmap plane``: validate, build, evaluate, write."""
+    """``lossmap line`` / ``lossmap plane``: validate, build, evaluate (resumably), write."""
     import lossmap as lm
+    from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
     n = 1 if view == "line" else 2
     lm.slices.parse_span(args["span"], n)
-    lm.slices._parse_steps(args["steps"], n)
     out = _prepare_out(args["out"])
     land = with_checkpoint(
-        build_landscape(args["model"], args["example"], args["device"]), args["checkpoint"]
+        build_landscape(args["model"], args["example"], args["device"]),
+        args["checkpoint"],
+        key=args["checkpoint_key"],
+        trust=args["trust_checkpoint"],
     )
     dirs = _directions(land, n, args["normalization"], args["ignore"], args["seed"])
-    kw = {"span": args["span"], "steps": args["steps"], "strategy": args["strategy"]}
-    with _progress(view) as progress:
-        r = (
-            lm.line(land, dirs[0], progress=progress, **kw)
-            if n == 1
-            else lm.plane(land, *dirs, progress=progress, **kw)
-        )
+    _check_budget(args["steps"], n, _check_theta0(land), args["max_hours"])
+    fp = {
+        "command": view,
+        **{
+            k: args[k]
+            for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
+        },
+        "strategy": args["strategy"],
+        "checkpoint_sha256": _sha256(args["checkpoint"]) if args["checkpoint"] else None,
+        "theta0": hash_tensors(land._params0),
+        "directions": hash_tensors([t for d in dirs for t in d.values()]),
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, args["restart"])
+    kw = {
+        "span": args["span"],
+        "steps": args["steps"],
+        "strategy": args["strategy"],
+        "chunk_size": args["chunk_size"],
+        "journal": journal,
+    }
+    try:
+        with _progress(view) as progress:
+            r = (
+                lm.line(land, dirs[0], progress=progress, **kw)
+                if n == 1
+                else lm.plane(land, *dirs, progress=progress, **kw)
+            )
+    finally:
+        journal.close()
     name = "line" if n == 1 else "surface"
     files = _save_result(r, out, name, log=args["log"])
-    _record(out, view, args, {name: r}, files, t0)
-    _echo([*_summary_lines(r, view), f"wrote {out}/ ({len(files)} files)"])
+    _record(out, view, args, {name: r}, files, t0, **_provenance(land, fp))
+    resumed = r.meta["engine"].get("resumed_points", 0)
+    note = [f"  resumed: {resumed} of {r.values['loss'].size} points were done"] if resumed else []
+    _echo([*_summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
 
 
 # ---------------------------------------------------------------- commands
@@ -422,7 +619,7 @@ def line(
     example: ExampleOpt = None,
     checkpoint: CheckpointOpt = None,
     span: SpanOpt = (-1.0, 1.0),
-    steps: Annotated[int, typer.Option("--steps", min=2, max=1_000_000)] = 51,
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 51,
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -430,6 +627,11 @@ def line(
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/line"),
     log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
 ) -> None:
     """The loss along one random (normalised) direction through θ0."""
     _random_slice("line", dict(locals()))
@@ -441,7 +643,7 @@ def plane(
     example: ExampleOpt = None,
     checkpoint: CheckpointOpt = None,
     span: SpanOpt = (-1.0, 1.0),
-    steps: Annotated[int, typer.Option("--steps", min=2, max=100_000)] = 41,
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -449,6 +651,11 @@ def plane(
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/plane"),
     log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
 ) -> None:
     """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
     _random_slice("plane", dict(locals()))
@@ -461,27 +668,59 @@ def interpolate(
     model: ModelOpt = None,
     example: ExampleOpt = None,
     span: SpanOpt = (-0.5, 1.5),
-    steps: Annotated[int, typer.Option("--steps", min=2, max=1_000_000)] = 41,
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
     device: DeviceOpt = Device.auto,
     strategy: StrategyOpt = "auto",
     out: OutOpt = Path("runs/interpolate"),
     log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
 ) -> None:
     """The loss on the straight line between two checkpoints (t from span[0] to span[1])."""
     import lossmap as lm
+    from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
     args = dict(locals())
     lm.slices.parse_span(span, 1)
     out = _prepare_out(out)
     land = build_landscape(model, example, device)
-    la, lb = with_checkpoint(land, checkpoint_a), with_checkpoint(land, checkpoint_b)
-    with _progress("interpolate") as progress:
-        c = lm.interpolate(
-            la, la.point(), lb.point(), span=span, steps=steps, strategy=strategy, progress=progress
-        )
+    la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
+    lb = with_checkpoint(land, checkpoint_b, key=checkpoint_key, trust=trust_checkpoint)
+    _check_budget(steps, 1, max(_check_theta0(la), _check_theta0(lb)), max_hours)
+    fp = {
+        "command": "interpolate",
+        "model": model,
+        "example": example,
+        "span": span,
+        "steps": steps,
+        "strategy": strategy,
+        "checkpoint_sha256": [_sha256(checkpoint_a), _sha256(checkpoint_b)],
+        "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        with _progress("interpolate") as progress:
+            c = lm.interpolate(
+                la,
+                la.point(),
+                lb.point(),
+                span=span,
+                steps=steps,
+                strategy=strategy,
+                progress=progress,
+                chunk_size=chunk_size,
+                journal=journal,
+            )
+    finally:
+        journal.close()
     files = _save_result(c, out, "path", log=log)
-    _record(out, "interpolate", args, {"path": c}, files, t0)
+    _record(out, "interpolate", args, {"path": c}, files, t0, **_provenance(la, fp))
     _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])
 
 
@@ -590,6 +829,8 @@ def hessian(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     out: OutOpt = Path("runs/hessian"),
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Curvature at θ0: extreme Hessian eigenvalues, trace and eigenvalue density."""
     t0 = time.perf_counter()
@@ -599,7 +840,13 @@ def hessian(
             f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
         )
     out = _prepare_out(out)
-    land = with_checkpoint(build_landscape(model, example, device), checkpoint)
+    land = with_checkpoint(
+        build_landscape(model, example, device),
+        checkpoint,
+        key=checkpoint_key,
+        trust=trust_checkpoint,
+    )
+    _check_theta0(land)
     if k > land.num_parameters:
         raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
     sd, rows = _curvature(
@@ -622,6 +869,7 @@ def hessian(
             "curvature": sd.meta,
             "eigenvalues": rows,
             "files": sorted(str(f.relative_to(out)) for f in files),
+            **_provenance(land),
         },
     )
     _echo([*_curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])
@@ -660,9 +908,11 @@ def demo(
     ] = 41,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
+    restart: RestartOpt = False,
 ) -> None:
     """The main job on a built-in problem: train, a line and a plane, files, figures, summary."""
     import lossmap as lm
+    from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
     args = dict(locals())
@@ -689,10 +939,31 @@ def demo(
     else:
         d1, d2 = lm.directions.random(land, 2, normalization="filter", seed=seed)
         d_line, line_span, plane_span, plane_steps = d1, (-1.0, 1.0), 1.0, steps
-    with _progress("line") as progress:
-        c = lm.line(land, d_line, span=line_span, steps=51, progress=progress)
-    with _progress("plane") as progress:
-        s = lm.plane(land, d1, d2, span=plane_span, steps=plane_steps, progress=progress)
+    fp = {
+        "command": "demo",
+        "example": example.value,
+        "steps": steps,
+        "seed": seed,
+        "theta0": hash_tensors(land._params0),
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        with _progress("line") as progress:
+            c = lm.line(land, d_line, span=line_span, steps=51, progress=progress, journal=journal)
+        with _progress("plane") as progress:
+            s = lm.plane(
+                land,
+                d1,
+                d2,
+                span=plane_span,
+                steps=plane_steps,
+                progress=progress,
+                journal=journal,
+            )
+    finally:
+        journal.close()
     files = _save_result(c, out, "line") + _save_result(s, out, "surface")
     sd, rows = _curvature(
         land,
@@ -713,6 +984,7 @@ def demo(
         files,
         t0,
         curvature={"summary": sd.meta, "eigenvalues": rows},
+        **_provenance(land, fp),
     )
     eng = s.meta["engine"]
     _echo(
@@ -728,23 +1000,166 @@ def demo(
     )
 
 
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its --out).")],
+) -> None:
+    """Progress of a running or interrupted run: points done, total, rate and ETA."""
+    from lossmap.store import Journal
+
+    path = run_dir / "journal.sqlite"
+    if not path.is_file():
+        raise CliError(
+            f"{run_dir} has no journal.sqlite: not a lossmap run folder, or its run has not "
+            "started a grid yet"
+        )
+    with Journal(path) as j:
+        prog = j.progress()
+        pid = j.meta("pid")
+        fp = j.fingerprint
+    views = {k: v for k, v in prog.items() if k != "units"}
+    complete = bool(views) and all(v["done"] >= v["total"] for v in views.values())
+    alive = False
+    if pid and not complete:
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except (OSError, ValueError):
+            alive = False
+    state = "complete" if complete else ("running" if alive else "interrupted")
+    lines = [f"{run_dir}: {fp.get('command', '?')} run, {state}"]
+    for name, v in views.items():
+        pct = 100.0 * v["done"] / max(1, v["total"])
+        rate = v["points_per_second"]
+        eta = v["eta_seconds"]
+        ago = time.time() - v["last_write"] if v["last_write"] else None
+        lines.append(
+            f"  {name}: {v['done']:,}/{v['total']:,} points ({pct:.1f} %)"
+            + (f", {rate:,.3g} points/s" if rate else "")
+            + (f", ETA {_human(eta)}" if eta and state == "running" else "")
+            + (f", last write {_human(ago)} ago" if ago is not None else "")
+        )
+    if state == "interrupted":
+        lines.append("  re-run the same command with the same --out to resume")
+    _echo(lines)
+
+
+def _with_option(argv: list[str], name: str, value: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return [*out, name, value]
+
+
+@app.command()
+def rerun(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to repeat it (default RUN_DIR/rerun).")
+    ] = None,
+) -> None:
+    """Repeat a run from its run.json and report whether the numbers match."""
+    import numpy as np
+
+    import lossmap as lm
+
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise CliError(f"{run_dir} has no run.json: not a finished lossmap run folder")
+    info = json.loads(record.read_text())
+    argv = info.get("argv")
+    if not argv:
+        raise CliError(f"{record} does not record its command line (written by an older lossmap)")
+    target = (out or run_dir / "rerun").resolve()
+    argv = _with_option([str(a) for a in argv], "--out", str(target))
+    if info["command"] in ("line", "plane", "interpolate", "demo"):
+        argv.append("--restart")
+    here = os.getcwd()
+    os.chdir(info.get("cwd", here))
+    try:
+        typer.echo(f"rerun: lossmap {' '.join(argv)}")
+        app(args=argv, standalone_mode=False)
+    finally:
+        os.chdir(here)
+    lines, same = [], True
+    for name in info.get("files", []):
+        if not name.endswith(".h5"):
+            continue
+        a, b = lm.load(run_dir / name), lm.load(target / name)
+        va = getattr(a, "values", None) or {"density": a.density}  # type: ignore[union-attr]
+        vb = getattr(b, "values", None) or {"density": b.density}  # type: ignore[union-attr]
+        for k in va:
+            x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
+            if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
+                continue
+            same = False
+            diff = float(np.nanmax(np.abs(x - y))) if x.shape == y.shape else float("nan")
+            lines.append(f"  {name} {k}: differs (max abs difference {diff:.3g})")
+    _echo(
+        [
+            *lines,
+            f"rerun of {run_dir}: "
+            + ("every value matches bit for bit" if same else "values differ (see above)"),
+        ]
+    )
+    if not same:
+        raise typer.Exit(1)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input gets one line on stderr (no traceback) and exit status 2."""
+    """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
+    SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
+    _RUN.update(argv=list(sys.argv[1:] if argv is None else argv), journal=None, signal=None)
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, standalone_mode=False)
     except (CliError, ValueError, TypeError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # disk full, permissions, ... while writing
+        name = f" {e.filename}" if getattr(e, "filename", None) else ""
+        typer.echo(
+            f"error: could not write{name}: {e.strerror or e}; free space or choose another --out",
+            err=True,
+        )
+        sys.exit(1)
     except typer.TyperException as e:  # usage errors: bad option values, unknown options
         ctx = getattr(e, "ctx", None)
         command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
         typer.echo(f"error: {e.format_message()} (see: lossmap{command} --help)", err=True)
         sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        where = _RUN.get("journal")
+        typer.echo(
+            "interrupted"
+            + (
+                f": finished points are saved in {where}; run the same command again to resume"
+                if where
+                else ""
+            ),
+            err=True,
+        )
+        sys.exit(143 if _RUN.get("signal") == signal.SIGTERM else 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ Strategies (``strategy=``):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +36,11 @@ from torch.func import functional_call
 
 from lossmap import vectors as V
 from lossmap.landscape import Batch, Landscape, available_memory, batch_size
+
+if TYPE_CHECKING:
+    from lossmap.store import Journal
+
+log = logging.getLogger("lossmap")
 
 __all__ = ["STRATEGIES", "EvalResult", "Explicit", "Span", "chunks", "run"]
 
@@ -521,6 +527,8 @@ def run(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     memory_fraction: float = 0.25,
+    journal: Journal | None = None,
+    view: str = "points",
 ) -> EvalResult:
     """Evaluate every point of ``points`` on the chosen data sets.
 
@@ -532,6 +540,11 @@ def run(
         chunk_size: points per chunk (default: from available memory).
         progress: ``progress(done, total)`` called after each chunk.
         memory_fraction: share of free device memory a chunk may use.
+        journal: a :class:`~lossmap.store.Journal`: points it already holds (under
+            ``view``) are not recomputed, each finished chunk is recorded before the next
+            starts, and the strategy and chunk size of the first attempt are reused, so
+            a resumed run gives the same values, bit for bit, as an uninterrupted one.
+        view: the name of this grid in the journal.
 
     Returns:
         :class:`EvalResult` with non-finite values stored as NaN. The values do not
@@ -556,10 +569,26 @@ def run(
     out = np.empty((n, len(dsets) * len(land.stat_names)))
     done_mask = np.zeros(n, dtype=bool)
 
+    width = out.shape[1]
+    stored: dict[str, Any] | None = None
+    if journal is not None:
+        journal.start(view, n)
+        stored = journal.meta(f"engine/{view}")
+        idx_done, rows_done = journal.rows(view, width)
+        if len(idx_done) and idx_done.max() >= n:
+            raise ValueError(f"{journal.path}: holds points beyond this grid; pass --restart")
+        out[idx_done] = rows_done
+        done_mask[idx_done] = True
+        info["resumed_points"] = len(idx_done)
+
     with land.mode(), torch.inference_mode():
         vchunk = _vmap_chunk(land, n, budget)
         trial: _Trial | None = None
-        if strategy == "auto":
+        if stored is not None:
+            # Resuming: the first attempt's strategy and chunks, for identical values.
+            strategy, chunk_size = str(stored["strategy"]), int(stored["chunk_size"])
+            info["reason"] = f"resumed: {stored.get('reason', '')}"
+        elif strategy == "auto":
             trial = _choose(land, points, dsets, eligible, vchunk, n, budget, streaming, chunk_size)
             strategy = trial.strategy
             info["timings_ms_per_point"] = trial.timings
@@ -574,11 +603,18 @@ def run(
         if chunk_size is None:
             chunk_size = _chunk_size(land, strategy, n, vchunk, budget, streaming)
         ev = _Evaluator(land, points, strategy)
+        if journal is not None and stored is None:
+            journal.set_meta(
+                f"engine/{view}",
+                {"strategy": strategy, "chunk_size": chunk_size, "reason": info["reason"]},
+            )
         if trial is not None and trial.rows is not None and trial.idx is not None:
             assert trial.ev is not None
             ev = trial.ev  # keeps its caches (the affine precomputation)
             out[trial.idx] = trial.rows
             done_mask[trial.idx] = True
+            if journal is not None:
+                journal.add_rows(view, trial.idx, trial.rows)
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
         queue = [c for c in chunks(n, chunk_size) if not done_mask[c].all()]
@@ -589,7 +625,7 @@ def run(
         while queue:
             idx = queue.pop(0)
             try:
-                out[idx] = _passes(ev, land, points, idx, dsets, cache=True).numpy()
+                rows = _passes(ev, land, points, idx, dsets, cache=True).numpy()
             except torch.OutOfMemoryError:
                 if len(idx) == 1:
                     raise
@@ -598,7 +634,11 @@ def run(
                 info["chunk_size"] = half
                 info.setdefault("oom_halvings", 0)
                 info["oom_halvings"] += 1
+                log.warning("out of memory on %d points: halving the chunk to %d", len(idx), half)
                 continue
+            out[idx] = rows
+            if journal is not None:
+                journal.add_rows(view, idx, rows)
             done += len(idx)
             if progress is not None:
                 progress(done, n)

@@ -15,7 +15,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,7 +126,8 @@ class Result:
         path = Path(path)
         arrays = {**self.coords, **{k.replace("/", "__"): v for k, v in self.values.items()}}
         arrays["meta"] = np.array(json.dumps(_jsonable(self.meta)))
-        np.savez(path, **arrays)  # type: ignore[arg-type]
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         return path
 
     def columns(self) -> list[str]:
@@ -138,7 +140,7 @@ class Result:
         path = Path(path)
         grids = np.meshgrid(*self.coords.values(), indexing="ij")
         cols = [g.ravel() for g in grids] + [v.ravel() for v in self.values.values()]
-        with open(path, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow([*self.coords, *self.columns()])
             for row in zip(*cols, strict=True):
@@ -248,6 +250,22 @@ class Spectrum:
         return _write_h5(Path(path), self.kind, self.meta, {"arrays": arrays}, attrs)
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path next to ``path``, renamed onto it when the block succeeds and
+    removed when it fails: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_h5(
     path: Path,
     kind: str,
@@ -259,25 +277,17 @@ def _write_h5(
     so a reader never sees a half-written file."""
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["lossmap_kind"] = kind
-            f.attrs["lossmap_format"] = FORMAT_VERSION
-            f.attrs["meta"] = json.dumps(_jsonable(meta))
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
-            for gname, arrays in groups.items():
-                g = f.create_group(gname)
-                for k, v in arrays.items():
-                    g.create_dataset(k, data=v)
-                f.attrs[f"{gname}_order"] = json.dumps(list(arrays))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["lossmap_kind"] = kind
+        f.attrs["lossmap_format"] = FORMAT_VERSION
+        f.attrs["meta"] = json.dumps(_jsonable(meta))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for gname, arrays in groups.items():
+            g = f.create_group(gname)
+            for k, v in arrays.items():
+                g.create_dataset(k, data=v)
+            f.attrs[f"{gname}_order"] = json.dumps(list(arrays))
     return path
 
 

@@ -12,7 +12,7 @@ import math
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from lossmap.directions import Direction, coordinate
 from lossmap.evaluate import Progress, Span, run
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface
+
+if TYPE_CHECKING:
+    from lossmap.store import Journal
 
 __all__ = ["MAX_POINTS", "grid", "interpolate", "line", "parse_span", "plane"]
 
@@ -163,6 +166,9 @@ def _span_run(
     datasets: Sequence[str] | None,
     strategy: str,
     progress: Progress | None,
+    journal: Journal | None = None,
+    view: str = "points",
+    chunk_size: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], V.Vector]:
     base = V.clone(origin) if origin is not None else land.point()
     # Raw parameter axes are absolute: zero θ0's entry so the coordinate is its value.
@@ -177,6 +183,9 @@ def _span_run(
         datasets=datasets,
         strategy=strategy,
         progress=progress,
+        journal=journal,
+        view=view,
+        chunk_size=chunk_size,
     )
     shape = tuple(len(a) for a in axes)
     return {k: v.reshape(shape) for k, v in res.values.items()}, res.info, base
@@ -192,6 +201,8 @@ def line(
     datasets: Sequence[str] | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
+    journal: Journal | None = None,
+    chunk_size: int | None = None,
 ) -> Curve:
     """The loss (and metrics) along ``θ0 + α d`` for ``α`` in ``span``.
 
@@ -205,6 +216,8 @@ def line(
         datasets: which data sets (default all).
         strategy: evaluation strategy (see :mod:`lossmap.evaluate`).
         progress: ``progress(done, total)``.
+        journal: a :class:`~lossmap.store.Journal` to resume from and record into.
+        chunk_size: points per chunk (default: chosen from memory).
 
     Returns:
         :class:`~lossmap.results.Curve` with ``alpha`` and every ``"<set>/<stat>"``.
@@ -215,7 +228,16 @@ def line(
     alpha = grid(lo, hi, n)
     t0 = time.perf_counter()
     values, info, base = _span_run(
-        land, [d], [alpha], origin=origin, datasets=datasets, strategy=strategy, progress=progress
+        land,
+        [d],
+        [alpha],
+        origin=origin,
+        datasets=datasets,
+        strategy=strategy,
+        progress=progress,
+        journal=journal,
+        view="line",
+        chunk_size=chunk_size,
     )
     meta = _meta(land, base, [d], info, view="line", span=[lo, hi], steps=n)
     meta["seconds"] = time.perf_counter() - t0
@@ -233,6 +255,8 @@ def plane(
     datasets: Sequence[str] | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
+    journal: Journal | None = None,
+    chunk_size: int | None = None,
 ) -> Surface:
     """The loss (and metrics) on the plane ``θ0 + α d1 + β d2``.
 
@@ -242,7 +266,7 @@ def plane(
             (e.g. ``plane(land, "weight", "bias", span=[(0, 6), (-1, 5)], steps=101)``).
         span: ``r``, ``(lo, hi)`` for both axes, or ``[(lo1, hi1), (lo2, hi2)]``.
         steps: points per axis (an int or a pair, each >= 2).
-        origin, datasets, strategy, progress: as in :func:`line`.
+        origin, datasets, strategy, progress, journal, chunk_size: as in :func:`line`.
 
     Returns:
         :class:`~lossmap.results.Surface`: ``values[k]`` has shape
@@ -255,7 +279,16 @@ def plane(
     axes = [grid(lo, hi, n) for (lo, hi), n in zip(spans, ns, strict=True)]
     t0 = time.perf_counter()
     values, info, base = _span_run(
-        land, [a, b], axes, origin=origin, datasets=datasets, strategy=strategy, progress=progress
+        land,
+        [a, b],
+        axes,
+        origin=origin,
+        datasets=datasets,
+        strategy=strategy,
+        progress=progress,
+        journal=journal,
+        view="plane",
+        chunk_size=chunk_size,
     )
     meta = _meta(
         land,
@@ -281,6 +314,8 @@ def interpolate(
     datasets: Sequence[str] | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
+    journal: Journal | None = None,
+    chunk_size: int | None = None,
 ) -> Curve:
     """The loss along the segment ``(1 - t) a + t b`` (``t = 0`` at ``a``, ``1`` at ``b``).
 
@@ -294,7 +329,16 @@ def interpolate(
     t = grid(lo, hi, n)
     t0 = time.perf_counter()
     values, info, base = _span_run(
-        land, [d], [t], origin=a, datasets=datasets, strategy=strategy, progress=progress
+        land,
+        [d],
+        [t],
+        origin=a,
+        datasets=datasets,
+        strategy=strategy,
+        progress=progress,
+        journal=journal,
+        view="interpolate",
+        chunk_size=chunk_size,
     )
     meta = _meta(land, base, [d], info, view="interpolate", span=[lo, hi], steps=n)
     meta["distance"] = float(V.norm(d))

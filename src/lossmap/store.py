@@ -1,0 +1,257 @@
+"""A crash-safe journal of finished work, so that a long run can be resumed.
+
+Why SQLite (the standard library's ``sqlite3``) and not HDF5: a SQLite transaction in
+write-ahead-log mode is atomic and durable across a killed process (and, with
+``synchronous=FULL``, a power cut): a reader sees a chunk of points entirely or not at
+all, and a ``SIGKILL`` in the middle of a write leaves the last committed state intact.
+HDF5 gives no such guarantee: a process killed while the library holds the file open
+for writing can leave its metadata inconsistent and the whole file unreadable (SWMR
+mode narrows this but still needs a clean close). Results are written to HDF5 only at
+the end, atomically (temporary file, then rename), from what the journal holds.
+
+The journal holds
+
+- a *fingerprint*: what the run computes (arguments, hashes of the checkpoint, of the
+  directions and of the data). Opening a journal with a different fingerprint is refused
+  with a one-line error naming what differs, unless ``restart=True``;
+- *rows*: finished points of a grid, ``rows(view, idx) -> float64 values``;
+- *blobs*: any other finished unit of work (``get``/``put`` of numpy arrays), used by
+  sampling loops and curve fitting;
+- *progress*: totals and timestamps, so that ``lossmap status`` can report done/total
+  and an ETA while a run is going or after it died.
+
+>>> import tempfile, numpy as np
+>>> with tempfile.TemporaryDirectory() as d:
+...     j = Journal(f"{d}/journal.sqlite", {"steps": 41})
+...     j.put("average/0", np.arange(3.0))
+...     j.get("average/0").tolist(), j.get("average/1")
+([0.0, 1.0, 2.0], None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Journal", "JournalMismatch", "fingerprint_diff", "hash_tensors"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    view TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, t REAL NOT NULL,
+    PRIMARY KEY (view, idx));
+CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB NOT NULL, t REAL NOT NULL);
+"""
+
+
+class JournalMismatch(ValueError):
+    """The run folder's journal was started with other arguments."""
+
+
+def hash_tensors(tensors: Mapping[str, Any] | Iterable[Any]) -> str:
+    """SHA-256 (first 16 hex digits) of tensors' names, dtypes, shapes and bytes.
+
+    >>> import torch
+    >>> hash_tensors({"w": torch.zeros(2)}) == hash_tensors({"w": torch.zeros(2)})
+    True
+    """
+    import torch
+
+    h = hashlib.sha256()
+    items = tensors.items() if isinstance(tensors, Mapping) else enumerate(tensors)
+    for k, t in items:
+        a = t.detach().cpu().contiguous() if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+        h.update(f"{k}|{a.dtype}|{tuple(a.shape)}|".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def fingerprint_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (``key: old -> new``)."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, "(absent)"), new.get(k, "(absent)")
+        if a != b:
+            out.append(f"{k}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(x: Any) -> str:
+    s = json.dumps(x, default=str) if not isinstance(x, str) else x
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _dump(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)  # type: ignore[no-any-return]
+
+
+class Journal:
+    """A crash-safe record of finished work in one SQLite file (see the module docstring).
+
+    Args:
+        path: the journal file (conventionally ``<run folder>/journal.sqlite``).
+        fingerprint: JSON-able description of what the run computes. If the file already
+            holds another fingerprint, :class:`JournalMismatch` is raised naming the
+            differences, unless ``restart=True``, which discards the old journal.
+        restart: start afresh even if the journal exists.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fingerprint: Mapping[str, Any] | None = None,
+        *,
+        restart: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if restart:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ValueError(
+                f"{self.path} is not a lossmap journal ({e}); delete it or pass --restart"
+            ) from None
+        fp = json.loads(json.dumps(dict(fingerprint or {}), default=str))
+        old = self.meta("fingerprint")
+        if old is None:
+            with self._tx():
+                self._set_meta("fingerprint", fp)
+                self._set_meta("created", time.time())
+        elif fingerprint is not None and old != fp:
+            diff = fingerprint_diff(old, fp)
+            self.close()
+            raise JournalMismatch(
+                f"{self.path.parent} holds a run started with other arguments "
+                f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); "
+                "re-run with --restart to discard it, or choose another --out"
+            )
+        self.fingerprint: dict[str, Any] = fp if old is None else old
+        if fingerprint is not None:  # a writer: status reports whether it is alive
+            self._set_meta("pid", os.getpid())
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One atomic transaction: all its writes land, or none do."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ----------------------------------------------------------------- meta
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-able value (atomically)."""
+        with self._tx():
+            self._set_meta(key, value)
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row is not None else default
+
+    # ---------------------------------------------------------------- blobs
+    def get(self, key: str) -> np.ndarray | None:
+        """The array stored under ``key``, or ``None`` if that work is not done."""
+        row = self._db.execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
+        return _load(row[0]) if row is not None else None
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        """Store ``value`` under ``key``, durably, in one transaction."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO blobs (key, data, t) VALUES (?, ?, ?)",
+                (key, _dump(value), time.time()),
+            )
+
+    # ----------------------------------------------------------------- rows
+    def start(self, view: str, total: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Declare a grid of ``total`` points (for progress reports)."""
+        views = dict(self.meta("views", {}))
+        views[view] = {"total": int(total), **(dict(extra) if extra else {})}
+        self.set_meta("views", views)
+
+    def add_rows(self, view: str, idx: np.ndarray, rows: np.ndarray) -> None:
+        """Record finished points ``idx`` (their value rows), all or nothing."""
+        now = time.time()
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rows (view, idx, data, t) VALUES (?, ?, ?, ?)",
+                [(view, int(i), r.tobytes(), now) for i, r in zip(idx, rows, strict=True)],
+            )
+
+    def rows(self, view: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(idx [m], rows [m, width])`` of the finished points of ``view``."""
+        got = self._db.execute(
+            "SELECT idx, data FROM rows WHERE view = ? ORDER BY idx", (view,)
+        ).fetchall()
+        idx = np.array([g[0] for g in got], dtype=np.int64)
+        rows = np.empty((len(got), width))
+        for j, g in enumerate(got):
+            r = np.frombuffer(g[1], dtype=np.float64)
+            if r.size != width:
+                raise ValueError(
+                    f"{self.path}: stored rows of {view!r} have {r.size} values, expected "
+                    f"{width}; pass --restart"
+                )
+            rows[j] = r
+        return idx, rows
+
+    def progress(self) -> dict[str, Any]:
+        """Per view: done, total, first/last write time, points per second, ETA (s)."""
+        out: dict[str, Any] = {}
+        for view, info in dict(self.meta("views", {})).items():
+            done, t_first, t_last = self._db.execute(
+                "SELECT COUNT(*), MIN(t), MAX(t) FROM rows WHERE view = ?", (view,)
+            ).fetchone()
+            total = int(info["total"])
+            rate = None
+            if done > 1 and t_last > t_first:
+                rate = (done - 1) / (t_last - t_first)
+            out[view] = {
+                "done": int(done),
+                "total": total,
+                "last_write": t_last,
+                "points_per_second": rate,
+                "eta_seconds": (total - done) / rate if rate and done < total else None,
+            }
+        n_blobs = self._db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+        if n_blobs:
+            out["units"] = {"done": int(n_blobs)}
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,125 @@
+"""The crash-safe journal and resuming the engine from it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_unchanged, state_of
+from torch import nn
+
+import lossmap as lm
+from lossmap.store import Journal, JournalMismatch, hash_tensors
+
+
+def test_blobs_roundtrip_exactly(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", {"a": 1})
+    for key, value in {
+        "f64": np.random.default_rng(0).standard_normal((3, 4)),
+        "f32": np.arange(5, dtype=np.float32) / 3,
+        "i64": np.array([1, -2, 3]),
+        "nan": np.array([np.nan, np.inf, -0.0]),
+    }.items():
+        j.put(key, value)
+        got = j.get(key)
+        assert got is not None and got.dtype == value.dtype
+        assert got.tobytes() == value.tobytes()  # bit for bit, NaN and -0.0 included
+    assert j.get("missing") is None
+    j.close()
+
+
+def test_fingerprint_mismatch_names_the_difference(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path, {"steps": 41, "seed": 0, "checkpoint": "abc"}).close()
+    Journal(path, {"steps": 41, "seed": 0, "checkpoint": "abc"}).close()  # same: fine
+    with pytest.raises(JournalMismatch) as e:
+        Journal(path, {"steps": 51, "seed": 0, "checkpoint": "abd"})
+    msg = str(e.value)
+    assert "steps: 41 -> 51" in msg and "checkpoint: abc -> abd" in msg and "--restart" in msg
+    assert "seed" not in msg and "\n" not in msg
+    j = Journal(path, {"steps": 51}, restart=True)  # discards the old one
+    assert j.fingerprint == {"steps": 51}
+    j.close()
+
+
+def test_rows_are_all_or_nothing(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", {})
+    j.add_rows("plane", np.array([0, 1]), np.ones((2, 3)))
+    with pytest.raises(ValueError):  # lengths differ: fails in the middle of the insert
+        j.add_rows("plane", np.array([2, 3, 4]), np.ones((2, 3)))
+    idx, _ = j.rows("plane", 3)
+    assert idx.tolist() == [0, 1]  # nothing of the failed chunk landed
+    # A second connection (another process) sees the committed rows only.
+    other = sqlite3.connect(tmp_path / "j.sqlite")
+    assert other.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 2
+    other.close()
+    j.close()
+
+
+def test_hash_tensors_sees_values_dtypes_and_names() -> None:
+    a = {"w": torch.zeros(3)}
+    assert hash_tensors(a) == hash_tensors({"w": torch.zeros(3)})
+    assert hash_tensors(a) != hash_tensors({"w": torch.tensor([0.0, 0.0, 1e-30])})
+    assert hash_tensors(a) != hash_tensors({"w": torch.zeros(3, dtype=torch.float64)})
+    assert hash_tensors(a) != hash_tensors({"v": torch.zeros(3)})
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop", "affine-vmap"])
+def test_plane_resumes_bit_identical(tmp_path: Path, mlp_data, strategy: str) -> None:
+    model, x, y = mlp_data
+    land = lm.Landscape(
+        model, nn.CrossEntropyLoss(), data={"train": (x, y), "test": (x[:30], y[:30])}
+    )
+    d1, d2 = lm.directions.random(land, 2, seed=3)
+    kw = {"span": 1.0, "steps": (13, 11), "strategy": strategy, "chunk_size": 16}
+    full = lm.plane(land, d1, d2, **kw)
+
+    before = state_of(model)
+    path = tmp_path / "journal.sqlite"
+    seen: list[int] = []
+
+    def die_after_three(done: int, total: int) -> None:
+        seen.append(done)
+        if len(seen) == 3:
+            raise Stop  # as a crash in the middle of the grid would
+
+    with Journal(path, {"run": 1}) as j, pytest.raises(Stop):
+        lm.plane(land, d1, d2, progress=die_after_three, journal=j, **kw)
+    assert_unchanged(model, before)
+    with Journal(path, {"run": 1}) as j:
+        finished = len(j.rows("plane", 4)[0])
+        assert 0 < finished < 13 * 11
+        computed: list[int] = []
+        again = lm.plane(land, d1, d2, progress=lambda d, t: computed.append(d), journal=j, **kw)
+    assert again.meta["engine"]["resumed_points"] == finished
+    # Only the points not yet done were computed: the progress starts at `finished`.
+    assert computed[0] == finished and computed[-1] == 13 * 11
+    for k in full.values:
+        assert np.array_equal(full[k], again[k], equal_nan=True), k
+        assert full[k].tobytes() == again[k].tobytes(), k
+    # A third run finds everything done and computes nothing.
+    with Journal(path, {"run": 1}) as j:
+        third = lm.plane(land, d1, d2, journal=j, **kw)
+    assert third.meta["engine"]["resumed_points"] == 13 * 11
+    assert third["loss"].tobytes() == full["loss"].tobytes()
+
+
+def test_resume_keeps_the_first_strategy(tmp_path: Path, mlp_data) -> None:
+    """A resumed auto run reuses the strategy the first attempt chose (other strategies
+    differ in the last bits), instead of timing again."""
+    model, x, y = mlp_data
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
+    d1, d2 = lm.directions.random(land, 2, seed=0)
+    with Journal(tmp_path / "j.sqlite", {}) as j:
+        j.set_meta("engine/plane", {"strategy": "loop", "chunk_size": 7, "reason": "test"})
+        s = lm.plane(land, d1, d2, steps=5, journal=j)
+    assert s.meta["engine"]["strategy"] == "loop" and s.meta["engine"]["chunk_size"] == 7
+    ref = lm.plane(land, d1, d2, steps=5, strategy="loop", chunk_size=7)
+    assert s["loss"].tobytes() == ref["loss"].tobytes()
