@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lossmap.results import Curve, Result, Spectrum, Surface
+from lossmap.results import Curve, Result, Spectrum, Surface, atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -644,7 +644,8 @@ def save(
     out = []
     for fmt in formats:
         path = stem.parent / f"{stem.name}.{fmt}"
-        fig.savefig(path, dpi=150 if fmt == "png" else "figure", bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150 if fmt == "png" else "figure", bbox_inches="tight")
         out.append(path)
     return out
 
