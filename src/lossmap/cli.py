@@ -15,8 +15,10 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,6 +185,20 @@ def _is_state(obj: Any) -> bool:
     )
 
 
+def _is_whole_pickle(path: Path) -> bool:
+    """Whether the file parses as one complete pickle (read with ``pickletools``, which
+    only lists opcodes and runs nothing)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+    except Exception:
+        return False
+    return True
+
+
 def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) -> dict[str, Any]:
     """A state dict from a checkpoint file, loaded with ``weights_only=True``.
 
@@ -198,9 +214,18 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
     if not path.is_file():
         raise CliError(f"--checkpoint: no file {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         text = str(e)
+        raw_pickle = _is_whole_pickle(path)
+        if raw_pickle and "Unsupported global" not in text:
+            raise CliError(
+                f"--checkpoint {path} is a plain pickle, which could run code when loaded; "
+                "re-save it with torch.save(model.state_dict(), path), or pass "
+                "--trust-checkpoint if you trust the file"
+            ) from None
         if "Unsupported global" not in text:  # not a pickle of objects: a damaged file
             detail = next(
                 (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "bad data"
@@ -231,7 +256,11 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
         if isinstance(obj, torch.nn.Module):
             obj = obj.state_dict()
     elif isinstance(obj, Mapping) and not _is_state(obj):
-        inner = [k for k in _NESTED_KEYS if _is_state(obj.get(k))]
+        inner = [
+            k
+            for k in _NESTED_KEYS
+            if _is_state(obj.get(k)) or isinstance(obj.get(k), torch.nn.Module)
+        ]
         if inner:
             obj = obj[inner[0]]
     if isinstance(obj, torch.nn.Module) and trust:
@@ -608,7 +637,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
     files = _save_result(r, out, name, log=args["log"])
     _record(out, view, args, {name: r}, files, t0, **_provenance(land, fp))
     resumed = r.meta["engine"].get("resumed_points", 0)
-    note = [f"  resumed: {resumed} of {r.values['loss'].size} points were done"] if resumed else []
+    note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
     _echo([*_summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
 
 
@@ -1082,14 +1111,22 @@ def rerun(
     argv = _with_option([str(a) for a in argv], "--out", str(target))
     if info["command"] in ("line", "plane", "interpolate", "demo"):
         argv.append("--restart")
+    if info["command"] in ("line", "plane", "interpolate"):
+        # Pin what auto chose by timing: another strategy differs in the last bits.
+        (res,) = info["results"].values()
+        engine = res["meta"]["engine"]
+        argv = _with_option(argv, "--strategy", str(engine["strategy"]))
+        argv = _with_option(argv, "--chunk-size", str(engine["chunk_size"]))
     here = os.getcwd()
     os.chdir(info.get("cwd", here))
     try:
         typer.echo(f"rerun: lossmap {' '.join(argv)}")
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     finally:
         os.chdir(here)
-    lines, same = [], True
+    if isinstance(rc, int) and rc:
+        raise typer.Exit(rc)
+    lines, worst = [], 0.0
     for name in info.get("files", []):
         if not name.endswith(".h5"):
             continue
@@ -1100,17 +1137,21 @@ def rerun(
             x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
             if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
                 continue
-            same = False
-            diff = float(np.nanmax(np.abs(x - y))) if x.shape == y.shape else float("nan")
-            lines.append(f"  {name} {k}: differs (max abs difference {diff:.3g})")
-    _echo(
-        [
-            *lines,
-            f"rerun of {run_dir}: "
-            + ("every value matches bit for bit" if same else "values differ (see above)"),
-        ]
-    )
-    if not same:
+            if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
+                rel = math.inf
+            else:
+                ok = ~np.isnan(x)
+                rel = float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)))
+            worst = max(worst, rel)
+            lines.append(f"  {name} {k}: max relative difference {rel:.3g}")
+    if worst == 0.0:
+        verdict = "every value matches bit for bit"
+    elif worst <= 1e-5:
+        verdict = f"values match to rounding (max relative difference {worst:.2g})"
+    else:
+        verdict = "values DIFFER (see above)"
+    _echo([*lines, f"rerun of {run_dir}: {verdict}"])
+    if worst > 1e-5:
         raise typer.Exit(1)
 
 
@@ -1127,10 +1168,21 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(ValueError):  # not the main thread (embedded use)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        # Without standalone mode typer returns exit codes: Ctrl-C/SIGTERM become 130.
+        if rc == 130:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except (CliError, ValueError, TypeError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except sqlite3.Error as e:  # the journal: disk full, or a file that is not ours
+        where = _RUN.get("journal") or "the run journal"
+        typer.echo(
+            f"error: could not write {where}: {e}; free space or choose another --out", err=True
+        )
+        sys.exit(1)
     except OSError as e:  # disk full, permissions, ... while writing
         name = f" {e.filename}" if getattr(e, "filename", None) else ""
         typer.echo(
@@ -1157,6 +1209,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(143 if _RUN.get("signal") == signal.SIGTERM else 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("LOSSMAP_DEBUG"):
+            raise
+        typer.echo(
+            f"error: internal error {type(e).__name__}: {e} (a bug in lossmap; set "
+            "LOSSMAP_DEBUG=1 for the traceback and please report it)",
+            err=True,
+        )
+        sys.exit(3)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
