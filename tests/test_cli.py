@@ -264,3 +264,54 @@ def test_hessian_command(tmp_path: Path, capsys) -> None:
         ["hessian", "--example", "linear", "--k", "3", "--out", str(out)], capsys
     )
     _one_line_error(code, err, "--k 3", "2 parameters")
+
+
+def test_nested_and_prefixed_checkpoints(tmp_path: Path, factories: str, capsys) -> None:
+    """Training checkpoints: {"model": sd}, Lightning's {"state_dict": {"model.<k>": ...}},
+    DataParallel's "module." prefix, and an explicit --checkpoint-key; all give θ0."""
+    import userfactories  # type: ignore[import-not-found]
+
+    net = userfactories.good()[0]
+    sd = {k: v * 2.0 for k, v in net.state_dict().items()}
+    expected = float(torch.cat([v.reshape(-1) for v in sd.values()]).norm())
+    variants = {
+        "training": ({"model": sd, "optimizer": {"lr": torch.tensor(0.1)}, "epoch": 3}, []),
+        "lightning": ({"state_dict": {f"model.{k}": v for k, v in sd.items()}}, []),
+        "dataparallel": ({f"module.{k}": v for k, v in sd.items()}, []),
+        "keyed": ({"ema": {"weights": sd}, "raw": sd}, ["--checkpoint-key", "ema.weights"]),
+    }
+    for name, (obj, extra) in variants.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        out = tmp_path / name
+        code, _, err = run_cli(
+            [
+                "line",
+                "--model",
+                "userfactories:good",
+                "--steps",
+                "3",
+                "--checkpoint",
+                str(tmp_path / f"{name}.pt"),
+                *extra,
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
+        assert code == 0, (name, err)
+        assert lm.load(out / "line.h5").meta["theta0_norm"] == pytest.approx(expected, rel=1e-6)
+    code, _, err = run_cli(
+        [
+            "line",
+            "--model",
+            "userfactories:good",
+            "--checkpoint",
+            str(tmp_path / "keyed.pt"),
+            "--checkpoint-key",
+            "ema.nope",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capsys,
+    )
+    _one_line_error(code, err, "'nope' is not in", "weights")

@@ -123,3 +123,56 @@ def test_resume_keeps_the_first_strategy(tmp_path: Path, mlp_data) -> None:
     assert s.meta["engine"]["strategy"] == "loop" and s.meta["engine"]["chunk_size"] == 7
     ref = lm.plane(land, d1, d2, steps=5, strategy="loop", chunk_size=7)
     assert s["loss"].tobytes() == ref["loss"].tobytes()
+
+
+def test_spectral_density_resumes_probe_by_probe(tmp_path: Path, mlp_data) -> None:
+    from lossmap.hessian import HessianOperator, spectral_density
+
+    model, x, y = mlp_data
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
+    full = spectral_density(land, probes=3, steps=12, seed=5)
+
+    op = HessianOperator(land)
+    real = op.hvp
+    calls = {"n": 0}
+
+    def dies_in_the_third_probe(v):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 2 * 12 + 3:
+            raise Stop
+        return real(v)
+
+    op.hvp = dies_in_the_third_probe  # type: ignore[method-assign]
+    with Journal(tmp_path / "j.sqlite", {}) as j, pytest.raises(Stop):
+        spectral_density(op, probes=3, steps=12, seed=5, journal=j)
+    with Journal(tmp_path / "j.sqlite", {}) as j:
+        op2 = HessianOperator(land)
+        again = spectral_density(op2, probes=3, steps=12, seed=5, journal=j)
+    assert again.meta["resumed_probes"] == 2
+    assert op2.matvecs == 12  # only the third probe was computed
+    assert again.matvecs == full.matvecs
+    assert again.nodes.tobytes() == full.nodes.tobytes()
+    assert again.weights.tobytes() == full.weights.tobytes()
+    assert again.density.tobytes() == full.density.tobytes()
+
+
+def test_out_of_memory_halves_the_chunk_and_goes_on(monkeypatch, mlp_data, caplog) -> None:
+    from lossmap import evaluate
+
+    model, x, y = mlp_data
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
+    d1, d2 = lm.directions.random(land, 2, seed=1)
+    ref = lm.plane(land, d1, d2, steps=7, strategy="vmap", chunk_size=7)
+    real = evaluate._passes
+
+    def small_memory(ev, land_, points, idx, dsets, cache):  # type: ignore[no-untyped-def]
+        if len(idx) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ev, land_, points, idx, dsets, cache)
+
+    monkeypatch.setattr(evaluate, "_passes", small_memory)
+    with caplog.at_level("WARNING", logger="lossmap"):
+        s = lm.plane(land, d1, d2, steps=7, strategy="vmap", chunk_size=7)
+    assert s.meta["engine"]["oom_halvings"] > 0 and s.meta["engine"]["chunk_size"] <= 2
+    assert any("halving the chunk" in r.message for r in caplog.records)
+    np.testing.assert_allclose(s["loss"], ref["loss"], rtol=1e-6)

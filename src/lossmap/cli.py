@@ -763,6 +763,7 @@ def _curvature(
     probes: int,
     seed: int,
     bottom_k: int | None = None,
+    journal: Any = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Top-k and bottom eigenvalues, trace and density; the Spectrum carries them in meta.
 
@@ -781,7 +782,7 @@ def _curvature(
         progress(2, 4)
         tr = H.trace(op, method=trace_method, matvecs=trace_matvecs, seed=seed)
         progress(3, 4)
-        sd = H.spectral_density(op, probes=probes, steps=steps, seed=seed)
+        sd = H.spectral_density(op, probes=probes, steps=steps, seed=seed, journal=journal)
         progress(4, 4)
     rows = [
         {
@@ -860,6 +861,7 @@ def hessian(
     out: OutOpt = Path("runs/hessian"),
     checkpoint_key: CkptKeyOpt = None,
     trust_checkpoint: TrustOpt = False,
+    restart: RestartOpt = False,
 ) -> None:
     """Curvature at θ0: extreme Hessian eigenvalues, trace and eigenvalue density."""
     t0 = time.perf_counter()
@@ -878,15 +880,33 @@ def hessian(
     _check_theta0(land)
     if k > land.num_parameters:
         raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
-    sd, rows = _curvature(
-        land,
-        k=k,
-        trace_method=trace_method,
-        trace_matvecs=trace_matvecs,
-        steps=density_steps,
-        probes=probes,
-        seed=seed,
-    )
+    from lossmap.store import hash_tensors
+
+    fp = {
+        "command": "hessian",
+        "model": model,
+        "example": example,
+        "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
+        "theta0": hash_tensors(land._params0),
+        "data": _data_hash(land),
+        "density_steps": density_steps,
+        "seed": seed,
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        sd, rows = _curvature(
+            land,
+            k=k,
+            trace_method=trace_method,
+            trace_matvecs=trace_matvecs,
+            steps=density_steps,
+            probes=probes,
+            seed=seed,
+            journal=journal,
+        )
+    finally:
+        journal.close()
     files = _write_curvature(sd, rows, out)
     _write_json(
         out / "run.json",
@@ -898,7 +918,7 @@ def hessian(
             "curvature": sd.meta,
             "eigenvalues": rows,
             "files": sorted(str(f.relative_to(out)) for f in files),
-            **_provenance(land),
+            **_provenance(land, fp),
         },
     )
     _echo([*_curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])
@@ -1109,7 +1129,7 @@ def rerun(
         raise CliError(f"{record} does not record its command line (written by an older lossmap)")
     target = (out or run_dir / "rerun").resolve()
     argv = _with_option([str(a) for a in argv], "--out", str(target))
-    if info["command"] in ("line", "plane", "interpolate", "demo"):
+    if info["command"] in ("line", "plane", "interpolate", "demo", "hessian"):
         argv.append("--restart")
     if info["command"] in ("line", "plane", "interpolate"):
         # Pin what auto chose by timing: another strategy differs in the last bits.

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.linalg
@@ -38,6 +38,9 @@ from torch import Tensor
 from lossmap import vectors as V
 from lossmap.landscape import Landscape
 from lossmap.results import Spectrum, broaden
+
+if TYPE_CHECKING:
+    from lossmap.store import Journal
 
 __all__ = [
     "DENSE_LIMIT",
@@ -590,6 +593,7 @@ def spectral_density(
     deflate_tol: float = 1e-8,
     seed: int = 0,
     point: Mapping[str, Tensor] | None = None,
+    journal: Journal | None = None,
 ) -> Spectrum:
     """Eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -604,6 +608,9 @@ def spectral_density(
     weight ``1/n`` instead of the noisy ``(v·u_i)²``, and the other weights are rescaled
     to the remaining mass. This removes most of the single-probe error around the
     outliers of a trained network's spectrum. ``deflate=False`` is the textbook SLQ.
+
+    With a :class:`~lossmap.store.Journal`, each finished probe's nodes and weights are
+    recorded (``density/<i>``) and a rerun skips them; the result is the same.
     """
     op = HessianOperator(land, point) if isinstance(land, Landscape) else land
     if probes < 1 or steps < 2:
@@ -613,8 +620,17 @@ def spectral_density(
     rng = np.random.default_rng(seed)
     all_nodes, all_w = [], []
     calls = 0
-    for _ in range(probes):
-        v0 = rng.standard_normal(n)
+    resumed = 0
+    for i in range(probes):
+        v0 = rng.standard_normal(n)  # drawn even when resumed: later probes stay the same
+        done = journal.get(f"density/{i}") if journal is not None else None
+        if done is not None and done.shape == (3, steps):
+            all_nodes.append(done[0])
+            all_w.append(done[1])
+            calls += int(done[2, 0])
+            resumed += 1
+            continue
+        calls_before = calls
         Q = np.empty((steps + 1, n))
         Q[0] = v0 / np.linalg.norm(v0)
         alpha: list[float] = []
@@ -652,6 +668,10 @@ def spectral_density(
         wts[: len(theta)] = wq
         all_nodes.append(nodes)
         all_w.append(wts)
+        if journal is not None:
+            count = np.zeros(steps)
+            count[0] = calls - calls_before
+            journal.put(f"density/{i}", np.stack([nodes, wts, count]))
     nodes_a, w_a = np.array(all_nodes), np.array(all_w)
     lo, hi = float(nodes_a.min()), float(nodes_a.max())
     width = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
@@ -668,5 +688,11 @@ def spectral_density(
         w_a,
         sig,
         calls,
-        {"probes": probes, "steps": steps, "seed": seed, "deflate": deflate},
+        {
+            "probes": probes,
+            "steps": steps,
+            "seed": seed,
+            "deflate": deflate,
+            "resumed_probes": resumed,
+        },
     )
