@@ -9,7 +9,7 @@
 
 __version__ = "0.1.0"
 
-from lossmap import directions, examples, vectors
+from lossmap import connect, directions, examples, hessian, store, vectors
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface, load
 from lossmap.slices import interpolate, line, plane
@@ -26,8 +26,11 @@ __all__ = [
     "Surface",
     "load",
     # modules
+    "connect",
     "directions",
     "examples",
+    "hessian",
+    "store",
     "vectors",
     "__version__",
 ]
