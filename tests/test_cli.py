@@ -315,3 +315,50 @@ def test_nested_and_prefixed_checkpoints(tmp_path: Path, factories: str, capsys)
         capsys,
     )
     _one_line_error(code, err, "'nope' is not in", "weights")
+
+
+def test_connect_command(tmp_path: Path, factories: str, capsys) -> None:
+    import userfactories  # type: ignore[import-not-found]
+
+    net_a = userfactories.good()[0]
+    torch.manual_seed(7)
+    net_b = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    torch.save(net_a.state_dict(), tmp_path / "a.pt")
+    torch.save(net_b.state_dict(), tmp_path / "b.pt")
+    out = tmp_path / "c"
+    args = ["connect", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    code, stdout, err = run_cli(
+        [
+            *args,
+            "--model",
+            "userfactories:good",
+            "--curve",
+            "polychain",
+            "--epochs",
+            "3",
+            "--steps",
+            "21",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    path = lm.load(out / "path.h5")
+    x, y = userfactories._data()
+    with torch.no_grad():
+        la = float(nn.functional.cross_entropy(net_a(x), y))
+        lb = float(nn.functional.cross_entropy(net_b(x), y))
+    assert path["loss"][0] == pytest.approx(la, rel=1e-5)
+    assert path["loss"][-1] == pytest.approx(lb, rel=1e-5)
+    t = path.alpha
+    chord = (1 - t) * path["loss"][0] + t * path["loss"][-1]
+    run = json.loads((out / "run.json").read_text())
+    assert run["barrier_line"]["train/loss"]["height"] == pytest.approx(
+        float(np.max(path["loss"] - chord)), abs=1e-12
+    )
+    curve = lm.load(out / "curve.h5")
+    assert curve["loss"][0] == pytest.approx(la, rel=1e-5)  # the curve keeps its endpoints
+    assert "barrier along the straight" in stdout and "polychain curve" in stdout
+    code, _, err = run_cli([*args[:2], "--model", "userfactories:good"], capsys)
+    _one_line_error(code, err, "two checkpoints")
