@@ -9,7 +9,7 @@
 
 __version__ = "0.1.0"
 
-from lossmap import connect, directions, examples, hessian, store, vectors
+from lossmap import connect, directions, examples, hessian, store, trajectory, vectors
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface, load
 from lossmap.slices import interpolate, line, plane
@@ -31,6 +31,7 @@ __all__ = [
     "examples",
     "hessian",
     "store",
+    "trajectory",
     "vectors",
     "__version__",
 ]
