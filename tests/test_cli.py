@@ -362,3 +362,35 @@ def test_connect_command(tmp_path: Path, factories: str, capsys) -> None:
     assert "barrier along the straight" in stdout and "polychain curve" in stdout
     code, _, err = run_cli([*args[:2], "--model", "userfactories:good"], capsys)
     _one_line_error(code, err, "two checkpoints")
+
+
+def test_trajectory_command(tmp_path: Path, factories: str, capsys) -> None:
+    import userfactories  # type: ignore[import-not-found]
+
+    net, _, (x, y) = userfactories.good()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    paths, losses = [], []
+    for i in range(5):
+        torch.save(net.state_dict(), tmp_path / f"ep{i}.pt")
+        paths.append(str(tmp_path / f"ep{i}.pt"))
+        with torch.no_grad():
+            losses.append(float(nn.functional.cross_entropy(net(x), y)))
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    out = tmp_path / "t"
+    code, stdout, err = run_cli(
+        ["trajectory", *paths, "--model", "userfactories:good", "--steps", "9", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    s = lm.load(out / "surface.h5")
+    traj = s.meta["trajectory"]
+    assert np.allclose(traj["coords"][-1], [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(traj["values"]["train/loss"], losses, rtol=1e-5)
+    assert sum(traj["explained_variance_ratio"]) <= 1 + 1e-9
+    assert (out / "trajectory.png").exists() and "PC1" in stdout
+    code, _, err = run_cli(
+        ["trajectory", paths[0], "--model", "userfactories:good", "--out", str(out)], capsys
+    )
+    _one_line_error(code, err, "at least 2 checkpoints")
