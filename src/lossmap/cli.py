@@ -1288,7 +1288,12 @@ def status(
         pid = j.meta("pid")
         fp = j.fingerprint
     views = {k: v for k, v in prog.items() if k != "units"}
-    complete = bool(views) and all(v["done"] >= v["total"] for v in views.values())
+    record = run_dir / "run.json"
+    # run.json is written last: newer than the journal's last write means finished.
+    recorded = record.is_file() and record.stat().st_mtime >= max(
+        [v["last_write"] or 0.0 for v in views.values()] + [prog.get("units", {}).get("last", 0.0)]
+    )
+    complete = recorded or (bool(views) and all(v["done"] >= v["total"] for v in views.values()))
     alive = False
     if pid and not complete:
         try:
@@ -1308,6 +1313,10 @@ def status(
             + (f", {rate:,.3g} points/s" if rate else "")
             + (f", ETA {_human(eta)}" if eta and state == "running" else "")
             + (f", last write {_human(ago)} ago" if ago is not None else "")
+        )
+    if "units" in prog:
+        lines.append(
+            f"  {prog['units']['done']} units of work recorded (curve epochs, probes, ...)"
         )
     if state == "interrupted":
         lines.append("  re-run the same command with the same --out to resume")

@@ -242,9 +242,9 @@ class Journal:
                 "points_per_second": rate,
                 "eta_seconds": (total - done) / rate if rate and done < total else None,
             }
-        n_blobs = self._db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+        n_blobs, t_blob = self._db.execute("SELECT COUNT(*), MAX(t) FROM blobs").fetchone()
         if n_blobs:
-            out["units"] = {"done": int(n_blobs)}
+            out["units"] = {"done": int(n_blobs), "last": float(t_blob)}
         return out
 
     def close(self) -> None:
