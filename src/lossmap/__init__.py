@@ -9,7 +9,16 @@
 
 __version__ = "0.1.0"
 
-from lossmap import connect, directions, examples, hessian, store, trajectory, vectors
+from lossmap import (
+    connect,
+    directions,
+    examples,
+    hessian,
+    sharpness,
+    store,
+    trajectory,
+    vectors,
+)
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface, load
 from lossmap.slices import interpolate, line, plane
@@ -30,6 +39,7 @@ __all__ = [
     "directions",
     "examples",
     "hessian",
+    "sharpness",
     "store",
     "trajectory",
     "vectors",

@@ -237,7 +237,7 @@ class Landscape:
     >>> from torch import nn
     >>> X, y = torch.randn(10, 3), torch.randn(10, 1)
     >>> land = Landscape(nn.Linear(3, 1), nn.MSELoss(), data=(X, y))
-    >>> abs(land.loss() - float(nn.MSELoss()(land.model(X), y))) < 1e-6
+    >>> abs(land.loss() - float(nn.MSELoss()(land.model(X).detach(), y))) < 1e-6
     True
     """
 
