@@ -76,6 +76,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
         "line.csv",
         "spectrum.h5",
         "eigenvalues.csv",
+        "sharpness.csv",
+        "path.h5",
         "run.json",
     ):
         assert (out / name).stat().st_size > 0, name
@@ -94,6 +96,10 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
     assert run["results"]["surface"]["meta"]["directions"][0]["seed"] == 0
     assert "at θ0" in stdout and "engine:" in stdout and "top eigenvalues" in stdout
     assert len(run["curvature"]["summary"]["top"]) == 5
+    lam = next(r["value"] for r in run["sharpness"] if r["metric"] == "lambda_max")
+    assert lam == pytest.approx(run["curvature"]["summary"]["top"][0], rel=1e-5)
+    path = lm.load(out / "path.h5")  # θ0 at t = 0: the plane's value there
+    assert path["loss"][np.argmin(np.abs(path.alpha))] == pytest.approx(s["loss"][7, 7], rel=1e-5)
     # `lossmap plot` re-draws from the saved file.
     code, _, err = run_cli(
         ["plot", str(out / "surface.h5"), "--out", str(tmp_path / "figs")], capsys
@@ -394,3 +400,63 @@ def test_trajectory_command(tmp_path: Path, factories: str, capsys) -> None:
         ["trajectory", paths[0], "--model", "userfactories:good", "--out", str(out)], capsys
     )
     _one_line_error(code, err, "at least 2 checkpoints")
+
+
+QUADRATIC = textwrap.dedent(
+    """
+    import numpy as np
+    import lossmap as lm
+
+    H = np.diag([4.0, 2.0, 1.0, 0.5, 0.25])
+    C = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
+
+    def bowl():
+        return lm.examples.quadratic(H, center=C, offset=0.5)
+    """
+)
+
+
+def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Every number of `lossmap sharpness` against its closed form on a known bowl."""
+    (tmp_path / "bowl.py").write_text(QUADRATIC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bowl  # type: ignore[import-not-found]
+
+    out = tmp_path / "s"
+    eps, sigma, asig = 0.01, 0.1, 0.1
+    code, stdout, err = run_cli(
+        [
+            "sharpness",
+            "--model",
+            "bowl:bowl",
+            "--eps",
+            str(eps),
+            "--sigma",
+            str(sigma),
+            "--adaptive-sigma",
+            str(asig),
+            "--samples",
+            "400",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    with open(out / "sharpness.csv") as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    h, c = np.diag(bowl.H), bowl.C
+    assert float(rows["lambda_max"]["value"]) == pytest.approx(4.0, rel=1e-8)
+    box = 0.5 * np.sum(h * (eps * (np.abs(c) + 1)) ** 2)  # the exact box maximum
+    assert float(rows["epsilon"]["value"]) == pytest.approx(100 * box / 1.5, rel=1e-6)
+    for name, truth in (
+        ("average", 0.5 * sigma**2 * h.sum()),
+        ("average_adaptive", 0.5 * asig**2 * np.sum(h * c**2)),
+    ):
+        v, se = float(rows[name]["value"]), float(rows[name]["stderr"])
+        assert abs(v - truth) < 4 * se, (name, v, truth, se)
+    assert "epsilon" in stdout
+    code, _, err = run_cli(["sharpness", "--model", "bowl:bowl", "--eps", "0"], capsys)
+    _one_line_error(code, err, "--eps must be a positive number")
+    code, _, err = run_cli(["sharpness", "--model", "bowl:bowl", "--samples", "-3"], capsys)
+    _one_line_error(code, err, "--samples must be at least 2")

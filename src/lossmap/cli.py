@@ -974,6 +974,189 @@ def trajectory_cmd(
     )
 
 
+class _Prefixed:
+    """A journal seen under a key prefix, so that several estimators can share one."""
+
+    def __init__(self, journal: Any, prefix: str) -> None:
+        self.journal, self.prefix = journal, prefix
+
+    def get(self, key: str) -> Any:
+        return self.journal.get(self.prefix + key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.journal.put(self.prefix + key, value)
+
+
+def _sharpness(
+    land: Any,
+    *,
+    eps: float,
+    rho: float,
+    sigma: float,
+    adaptive_sigma: float,
+    samples: int,
+    seed: int,
+    journal: Any = None,
+) -> list[dict[str, Any]]:
+    """λ_max and the quadratic estimate, ε-sharpness, adaptive and average sharpness."""
+    from lossmap import sharpness as S
+
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, setting: str, r: Any, paper: str) -> None:
+        row = {"metric": metric, "setting": setting, "value": float(r.value), "paper": paper}
+        row["stderr"] = float(getattr(r, "stderr", float("nan")))
+        row["increase"] = float(getattr(r, "increase", getattr(r, "value", float("nan"))))
+        row["seconds"] = float(getattr(r, "seconds", float("nan")))
+        rows.append(row)
+
+    with _progress("sharpness") as progress:
+        progress(0, 5)
+        q = S.quadratic(land, eps=1.0, seed=seed)
+        rows.append(
+            {
+                "metric": "lambda_max",
+                "setting": "Lanczos, tol 1e-6",
+                "value": q.lambda_max,
+                "paper": "Hessian top eigenvalue",
+                "stderr": float("nan"),
+                "increase": float("nan"),
+                "seconds": float("nan"),
+            }
+        )
+        progress(1, 5)
+        add(
+            "epsilon",
+            f"box ε={eps:g}, L-BFGS-B",
+            S.epsilon(land, eps, seed=seed),
+            "Keskar et al. 2017: 100 (max L - L) / (1 + L)",
+        )
+        progress(2, 5)
+        add(
+            "adaptive",
+            f"ρ={rho:g}, p=2, η=0",
+            S.adaptive(land, rho, seed=seed),
+            "Kwon et al. 2021 / Andriushchenko et al. 2023: max L - L",
+        )
+        progress(3, 5)
+        jp = _Prefixed(journal, "plain/") if journal is not None else None
+        add(
+            "average",
+            f"σ={sigma:g}, {samples} samples",
+            S.average(land, sigma, samples=samples, seed=seed, journal=jp),
+            "E L(θ+σz) - L",
+        )
+        progress(4, 5)
+        ja = _Prefixed(journal, "adaptive/") if journal is not None else None
+        add(
+            "average_adaptive",
+            f"σ={adaptive_sigma:g}·|θ|, {samples} samples",
+            S.average(land, adaptive_sigma, samples=samples, adaptive=True, seed=seed, journal=ja),
+            "E L(θ+σ|θ|⊙z) - L",
+        )
+        progress(5, 5)
+    return rows
+
+
+def _sharpness_lines(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["  sharpness (train loss):"]
+    for r in rows:
+        err = f" ± {r['stderr']:.2g}" if r["stderr"] == r["stderr"] else ""
+        out.append(f"    {r['metric']:<17} {r['value']:.4g}{err}  ({r['setting']})")
+    return out
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    import csv
+
+    from lossmap.results import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@app.command("sharpness")
+def sharpness_cmd(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    eps: Annotated[float, typer.Option("--eps", help="ε of Keskar's box.")] = 1e-3,
+    rho: Annotated[float, typer.Option("--rho", help="Adaptive radius ρ.")] = 0.05,
+    sigma: Annotated[float, typer.Option("--sigma", help="Average-case noise σ.")] = 0.01,
+    adaptive_sigma: Annotated[
+        float, typer.Option("--adaptive-sigma", help="Adaptive average-case σ (× |θ|).")
+    ] = 0.1,
+    samples: Annotated[int, typer.Option("--samples", help="Average-case samples.")] = 100,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    out: OutOpt = Path("runs/sharpness"),
+    restart: RestartOpt = False,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """How sharp is the minimum: λ_max, ε-sharpness, adaptive and average sharpness."""
+    from lossmap.store import hash_tensors
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    for name, v in (("--eps", eps), ("--rho", rho), ("--sigma", sigma)):
+        if not v > 0 or not math.isfinite(v):
+            raise CliError(f"{name} must be a positive number, got {v}; e.g. {name} 0.001")
+    if not adaptive_sigma > 0:
+        raise CliError(f"--adaptive-sigma must be positive, got {adaptive_sigma}; e.g. 0.1")
+    if samples < 2:
+        raise CliError(f"--samples must be at least 2 (got {samples}) for a standard error")
+    out = _prepare_out(out)
+    land = with_checkpoint(
+        build_landscape(model, example, device),
+        checkpoint,
+        key=checkpoint_key,
+        trust=trust_checkpoint,
+    )
+    _check_theta0(land)
+    fp = {
+        "command": "sharpness",
+        "model": model,
+        "example": example,
+        "sigma": sigma,
+        "adaptive_sigma": adaptive_sigma,
+        "seed": seed,
+        "theta0": hash_tensors(land._params0),
+        "data": _data_hash(land),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        rows = _sharpness(
+            land,
+            eps=eps,
+            rho=rho,
+            sigma=sigma,
+            adaptive_sigma=adaptive_sigma,
+            samples=samples,
+            seed=seed,
+            journal=journal,
+        )
+    finally:
+        journal.close()
+    files = [_write_rows(rows, out / "sharpness.csv")]
+    _write_json(
+        out / "run.json",
+        {
+            "command": "sharpness",
+            "arguments": args,
+            "versions": _versions(),
+            "seconds": time.perf_counter() - t0,
+            "sharpness": rows,
+            "files": ["sharpness.csv"],
+            **_provenance(land, fp),
+        },
+    )
+    _echo([*_sharpness_lines(rows), f"wrote {out}/ ({len(files) + 1} files)"])
+
+
 def _curvature(
     land: Any,
     *,
@@ -1246,25 +1429,44 @@ def demo(
         seed=seed,
     )
     files += _write_curvature(sd, rows, out)
+    sharp = _sharpness(
+        land, eps=1e-3, rho=0.05, sigma=0.01, adaptive_sigma=0.1, samples=100, seed=seed
+    )
+    files.append(_write_rows(sharp, out / "sharpness.csv"))
+    results: dict[str, Any] = {"line": c, "surface": s}
+    path_lines: list[str] = []
+    if example is Example.digits:
+        # Two minima: this seed's and the next one's; the straight path between them.
+        other = lm.examples.digits_mlp(seed=seed + 1)
+        b = land.at(dict(other.model.state_dict())).point()
+        with _progress("path to another seed") as progress:
+            path = lm.connect.linear(land, land.point(), b, steps=41, progress=progress)
+        files += _save_result(path, out, "path")
+        results["path"] = path
+        path_lines = [_barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]
     _record(
         out,
         "demo",
         args,
-        {"line": c, "surface": s},
+        results,
         files,
         t0,
         curvature={"summary": sd.meta, "eigenvalues": rows},
+        sharpness=sharp,
         **_provenance(land, fp),
     )
     eng = s.meta["engine"]
+    written = ", ".join(sorted({f.name for f in files if f.suffix in (".h5", ".csv")}))
     _echo(
         [
             *_summary_lines(c, "line"),
             *_summary_lines(s, "plane"),
             *_curvature_lines(sd),
+            *_sharpness_lines(sharp),
+            *path_lines,
             f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
-            f"  wrote {out}/: surface.h5, surface.csv, line.h5, line.csv, spectrum.h5, eigenvalues.csv, "
-            f"{sum(f.suffix == '.png' for f in files)} figures (png+pdf), run.json",
+            f"  wrote {out}/: {written}, {sum(f.suffix == '.png' for f in files)} figures "
+            "(png+pdf), run.json",
             f"  total {time.perf_counter() - t0:.1f} s",
         ]
     )
