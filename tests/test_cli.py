@@ -455,7 +455,7 @@ def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -
     ):
         v, se = float(rows[name]["value"]), float(rows[name]["stderr"])
         assert abs(v - truth) < 4 * se, (name, v, truth, se)
-    assert "epsilon" in stdout
+    assert "epsilon" in stdout and (out / "sharpness_directions.png").exists()
     code, _, err = run_cli(["sharpness", "--model", "bowl:bowl", "--eps", "0"], capsys)
     _one_line_error(code, err, "--eps must be a positive number")
     code, _, err = run_cli(["sharpness", "--model", "bowl:bowl", "--samples", "-3"], capsys)

@@ -997,8 +997,11 @@ def _sharpness(
     samples: int,
     seed: int,
     journal: Any = None,
+    deltas: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """λ_max and the quadratic estimate, ε-sharpness, adaptive and average sharpness."""
+    """λ_max and the quadratic estimate, ε-sharpness, adaptive and average sharpness.
+
+    ``deltas``, if given, receives the worst-case perturbations found."""
     from lossmap import sharpness as S
 
     rows: list[dict[str, Any]] = []
@@ -1025,19 +1028,24 @@ def _sharpness(
             }
         )
         progress(1, 5)
+        worst_eps = S.epsilon(land, eps, seed=seed)
         add(
             "epsilon",
             f"box ε={eps:g}, L-BFGS-B",
-            S.epsilon(land, eps, seed=seed),
+            worst_eps,
             "Keskar et al. 2017: 100 (max L - L) / (1 + L)",
         )
         progress(2, 5)
+        worst_ad = S.adaptive(land, rho, seed=seed)
         add(
             "adaptive",
             f"ρ={rho:g}, p=2, η=0",
-            S.adaptive(land, rho, seed=seed),
+            worst_ad,
             "Kwon et al. 2021 / Andriushchenko et al. 2023: max L - L",
         )
+        if deltas is not None:
+            deltas[f"ε-sharpness worst case (box ε={eps:g})"] = worst_eps.delta
+            deltas[f"adaptive worst case (ρ={rho:g})"] = worst_ad.delta
         progress(3, 5)
         jp = _Prefixed(journal, "plain/") if journal is not None else None
         add(
@@ -1128,6 +1136,7 @@ def sharpness_cmd(
         "data": _data_hash(land),
     }
     journal = _open_journal(out, fp, restart)
+    deltas: dict[str, Any] = {}
     try:
         rows = _sharpness(
             land,
@@ -1138,10 +1147,12 @@ def sharpness_cmd(
             samples=samples,
             seed=seed,
             journal=journal,
+            deltas=deltas,
         )
     finally:
         journal.close()
     files = [_write_rows(rows, out / "sharpness.csv")]
+    files += _worst_case_figure(land, deltas, out, seed)
     _write_json(
         out / "run.json",
         {
@@ -1150,11 +1161,46 @@ def sharpness_cmd(
             "versions": _versions(),
             "seconds": time.perf_counter() - t0,
             "sharpness": rows,
-            "files": ["sharpness.csv"],
+            "files": sorted(str(f.relative_to(out)) for f in files),
             **_provenance(land, fp),
         },
     )
     _echo([*_sharpness_lines(rows), f"wrote {out}/ ({len(files) + 1} files)"])
+
+
+def _worst_case_figure(land: Any, deltas: dict[str, Any], out: Path, seed: int) -> list[Path]:
+    """The loss along each worst-case perturbation found (α = 1 reaches it) and along a
+    random filter-normalised direction of the same length as the first: how much
+    sharper the worst direction is than a typical one."""
+    import lossmap as lm
+    from lossmap import plot as lplot
+    from lossmap import vectors as V
+    from lossmap.directions import Direction
+
+    curves: dict[str, Any] = {}
+    first_norm = None
+    for label, delta in deltas.items():
+        n = float(V.norm(delta))
+        if n == 0.0:
+            continue
+        first_norm = first_norm or n
+        d = Direction(delta, kind="worst-case")
+        curves[f"{label}, ‖δ‖={n:.3g}"] = lm.line(land, d, span=(-2.0, 2.0), steps=41)
+    if first_norm is None:
+        return []
+    r = lm.directions.random(land, 1, seed=seed)[0]
+    r = Direction(V.scale(r, first_norm / float(V.norm(r))), kind="random")
+    curves[f"random filter-normalised, ‖δ‖={first_norm:.3g}"] = lm.line(
+        land, r, span=(-2.0, 2.0), steps=41
+    )
+    fig = lplot.compare(
+        curves, "loss", xlabel="α (θ + α δ; α = 1: the worst point found)", title="train loss"
+    )
+    paths = lplot.save(fig, out / "sharpness_directions")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
 
 
 def _curvature(

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from matplotlib.transforms import Transform
 
 __all__ = [
+    "compare",
     "contour",
     "curve",
     "figures",
@@ -967,3 +968,48 @@ def sharpness_history(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def compare(
+    curves: Mapping[str, Curve],
+    key: str = "loss",
+    *,
+    ax: Axes | None = None,
+    logy: bool | None = False,
+    xlabel: str = "α",
+    title: str | None = None,
+) -> Figure:
+    """Several :class:`~lossmap.results.Curve` results on one axis, one line each.
+
+    Args:
+        curves: ``{label: curve}``, e.g. the loss along a worst-case and a random
+            direction.
+        key: the statistic (``"loss"``, ``"test/loss"``, ``"accuracy"``, ...).
+        ax: axes to draw in (default a new figure).
+        logy: log scale (values ``<= 0`` masked); ``None``: automatic.
+        xlabel: the coordinate's label.
+        title: the title (default: the statistic).
+
+    Returns:
+        The figure.
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass {label: Curve}")
+    for label, c in curves.items():
+        _check_kind(c, Curve, "compare", f"curves[{label!r}] must be a Curve")
+    ax = _new_axes(ax)
+    values = {label: np.asarray(c[key], dtype=float) for label, c in curves.items()}
+    stacked = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.zeros(0)])
+    log = _auto_log(stacked, key.split("/")[-1]) if logy is None else bool(logy)
+    for label, c in curves.items():
+        v, _, _ = _masked(values[label], log)
+        ax.plot(c.alpha, v, label=label, lw=1.6)
+    if log:
+        ax.set_yscale("log")
+    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_title(key))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title if title is not None else _title(key))
+    return _figure(ax)
