@@ -29,7 +29,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from _machine import code_state, cpu_model
 from torch import nn
 
 import lossmap as lm
@@ -53,30 +53,6 @@ KEYS = ("train/loss", "test/loss", "test/error")
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def code_state() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return f"git {commit}"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -211,7 +187,7 @@ def report(res: dict[str, Any], load: tuple[float, float], code: str, quick: boo
         "# lossmap mode-connectivity benchmark: straight path vs fitted curves (digits)",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- CPU: {cpu_name()} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
         f"- torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}, "
         f"lossmap {lm.__version__} ({code})",
         f"- 1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f} (shared machine; "

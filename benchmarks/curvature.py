@@ -57,6 +57,7 @@ from unittest import mock
 import numpy as np
 import scipy.sparse.linalg
 import torch
+from _machine import cpu_model, version
 from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -908,23 +909,6 @@ def med(xs: list[float]) -> float:
 
 def rms(xs: list[float]) -> float:
     return math.sqrt(sum(x * x for x in xs) / len(xs)) if xs else float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def header(quick: bool) -> list[str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib.metadata
 import math
 import os
 import platform
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_model, version
 from torch import Tensor, nn
 
 import lossmap as lm
@@ -210,21 +210,6 @@ def run(st: Settings, log: Callable[[str], None]) -> list[Minimum]:
 
 
 # ------------------------------------------------------------------ report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def g(x: float, spec: str = ".3g") -> str:

@@ -40,7 +40,6 @@ import importlib.metadata
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from _machine import code_state, cpu_model
 from torch import Tensor, nn
 
 import lossmap as lm
@@ -412,42 +412,10 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
 
 
 # ------------------------------------------------------------------ report
-def code_state() -> str:
-    """The git commit and the lossmap files changed in the working tree (read at start:
-    others may commit while a long run is going)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    try:
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src/lossmap"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parents[1],
-        ).stdout.split("\n")
-        changed = ", ".join(line[3:].removeprefix("src/lossmap/") for line in dirty if line)
-    except (OSError, subprocess.CalledProcessError):
-        changed = "unknown"
-    return f"git {commit}; changed in the working tree at start: {changed or 'nothing'}"
 
 
 def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         ll_version = importlib.metadata.version("loss-landscapes")
     except importlib.metadata.PackageNotFoundError:
