@@ -455,8 +455,8 @@ def _vmap_chunk(land: Landscape, n_points: int, budget: int) -> int:
     param_bytes = land.num_parameters * next(iter(land._params0.values())).element_size()
     per_point = 3 * param_bytes + (biggest * per_sample * 3 if per_sample else 4 * param_bytes)
     # On CPU a chunk whose activations fall out of cache gets slower per point: keep a
-    # chunk's activations near 32 MB there (big chunks for tiny models, small for big).
-    cap = 1024 if land.device.type == "cuda" else max(1, min(1024, 2**25 // max(1, per_point)))
+    # chunk's activations near 64 MB there (big chunks for tiny models, small for big).
+    cap = 1024 if land.device.type == "cuda" else max(1, min(1024, 2**26 // max(1, per_point)))
     return int(max(1, min(cap, n_points, budget // max(1, per_point))))
 
 

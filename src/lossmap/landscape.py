@@ -477,18 +477,34 @@ class Landscape:
             picked = out.gather(
                 cdim, index.expand(*[-1 if d == cdim else s for d, s in enumerate(out.shape)])
             )
-            cols = [(lse - picked.squeeze(cdim)).sum(dim=-1)]
+            picked = picked.squeeze(cdim)
+            cols = [(lse - picked).sum(dim=-1)]
             if self.metrics:
-                # argmax over a middle dimension is very slow on CPU: transpose first.
-                logits = out.transpose(1, 2).contiguous() if classes_first else out
-                cols.append((logits.argmax(dim=-1) == target).to(out.dtype).sum(dim=-1))
+                # Correct iff the target is the arg-max, ties going to the first maximum
+                # as argmax does: its logit is the maximum and no lower class index
+                # reaches it. Comparisons against the maximum already computed cost a
+                # fraction of an argmax over the (few) classes, slow on CPU.
+                classes = torch.arange(out.shape[cdim], device=out.device)
+                lower = (
+                    classes.view(1, -1, 1) < target.view(1, 1, -1)
+                    if classes_first
+                    else classes.view(1, 1, -1) < target.view(1, -1, 1)
+                )
+                earlier = ((out == top) & lower).any(dim=cdim)
+                top = top.squeeze(cdim)
+                correct = (picked == top) & ~earlier
+                cols.append(correct.to(out.dtype).sum(dim=-1))
             return torch.stack(cols, dim=1)
         if type(crit) is nn.BCEWithLogitsLoss and crit.weight is None and crit.pos_weight is None:
             if not (self.metrics == {} or self.metrics == {"accuracy": binary_accuracy}):
                 return None
             t = target.expand_as(out)
-            elem = torch.nn.functional.binary_cross_entropy_with_logits(out, t, reduction="none")
-            cols = [elem.mean(dim=dims) * n if reduction == "mean" else elem.sum(dim=dims)]
+            # BCE(x, t) = softplus(x) − t x: one elementwise pass and a mat-vec for the
+            # t x term (threshold 50: above it log(1 + eˣ) = x to double precision).
+            flat = out.reshape(out.shape[0], -1)
+            tvec = t[0].reshape(-1).to(out.dtype)
+            sums = torch.nn.functional.softplus(flat, threshold=50).sum(dim=1) - flat @ tvec
+            cols = [sums * (n / flat.shape[1]) if reduction == "mean" else sums]
             if self.metrics:
                 cols.append(((out > 0) == (t > 0.5)).to(out.dtype).mean(dim=dims) * n)
             return torch.stack(cols, dim=1)
