@@ -798,6 +798,10 @@ def connect(
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Curve-fitting step size.")] = 0.1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Points along each path.")] = 41,
+    span: Annotated[
+        tuple[float, float],
+        typer.Option("--span", help="t range of the straight path (must contain 0 and 1)."),
+    ] = (-0.5, 1.5),
     reset_bn: Annotated[
         bool, typer.Option("--reset-bn", help="Recompute BatchNorm statistics along the line.")
     ] = False,
@@ -822,7 +826,7 @@ def connect(
     a, b = la.point(), lb.point()
     with _progress("straight path") as progress:
         progress(0, 1)
-        line = lm.connect.linear(la, a, b, steps=steps, span=(0.0, 1.0), reset_bn=reset_bn)
+        line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
         progress(1, 1)
     results: dict[str, Any] = {"path": line}
     files = _save_result(line, out, "path")
