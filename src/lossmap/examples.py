@@ -203,6 +203,19 @@ def digits_mlp(
     return Landscape(model, nn.CrossEntropyLoss(), data=data)
 
 
+class QuadraticModel(nn.Module):
+    """A module holding one parameter vector ``theta`` and returning it when called:
+    the loss of :func:`quadratic` reads θ by calling the model (module level, so that
+    it pickles)."""
+
+    def __init__(self, theta: Tensor) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(theta.detach().clone())
+
+    def forward(self, *args: object) -> Tensor:
+        return self.theta
+
+
 def quadratic(
     H: np.ndarray | Tensor,
     *,
@@ -251,18 +264,8 @@ def quadratic(
     theta0 = vec(start, "start", c)
     off = float(offset)
 
-    class QuadraticModel(nn.Module):
-        """Returns its parameter vector ``theta``: the loss reads θ by calling it."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.theta = nn.Parameter(theta0.clone())
-
-        def forward(self, *args: object) -> Tensor:
-            return self.theta
-
     def loss(model: object, batch: object) -> Tensor:
         d = model() - c  # type: ignore[operator]
         return off + 0.5 * (d @ (h @ d))
 
-    return Landscape(QuadraticModel(), loss=loss, data=(torch.zeros(1, 1, dtype=dtype),))
+    return Landscape(QuadraticModel(theta0), loss=loss, data=(torch.zeros(1, 1, dtype=dtype),))
