@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from lossmap import vectors as V
-from lossmap.hessian import eigenvalues
+from lossmap.hessian import eigenvalues, single_blas_thread
 from lossmap.landscape import Landscape
 
 __all__ = [
@@ -431,6 +431,7 @@ def _worst_case(
 
 
 # ---------------------------------------------------------------------- epsilon
+@single_blas_thread
 def epsilon(
     land: Landscape,
     eps: float,
