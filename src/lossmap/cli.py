@@ -380,8 +380,11 @@ def _check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: flo
 
 
 def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
+    import lossmap
     from lossmap.store import Journal, JournalMismatch
 
+    # Another lossmap version may compute other values: never mix them in one run.
+    fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
     try:
         j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
     except JournalMismatch as e:
