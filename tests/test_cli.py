@@ -45,6 +45,11 @@ FACTORIES = textwrap.dedent(
 
     def frozen():
         return _net().requires_grad_(False), nn.CrossEntropyLoss(), _data()
+
+    def batchnorm():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+        return net, nn.CrossEntropyLoss(), _data()
     """
 )
 
@@ -463,3 +468,15 @@ def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -
     _one_line_error(code, err, "--eps must be a positive number")
     code, _, err = run_cli(["sharpness", "--model", "bowl:bowl", "--samples", "-3"], capsys)
     _one_line_error(code, err, "--samples must be at least 2")
+
+
+def test_connect_refuses_a_curve_on_batchnorm_before_any_work(
+    tmp_path: Path, factories: str, capsys
+) -> None:
+    out = tmp_path / "c"
+    code, _, err = run_cli(
+        ["connect", "a.pt", "b.pt", "--model", "userfactories:batchnorm", "--out", str(out)],
+        capsys,
+    )
+    _one_line_error(code, err, "BatchNorm", "--curve none --reset-bn")
+    assert not list(out.iterdir())

@@ -816,6 +816,8 @@ def connect(
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Paths between two minima: the straight line's barrier and a fitted low-loss curve."""
+    import torch
+
     import lossmap as lm
     from lossmap.store import hash_tensors
 
@@ -823,6 +825,13 @@ def connect(
     args = dict(locals())
     out = _prepare_out(out)
     land = build_landscape(model, example, device)
+    if curve is not CurveOpt.none and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in land.model.modules()
+    ):
+        raise CliError(
+            "--curve cannot be fitted on a model with BatchNorm yet (its statistics are not "
+            "recomputed along a curve); use --curve none --reset-bn for the straight path"
+        )
     la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
     for end in (la, lb):
         _check_theta0(end)
