@@ -2,9 +2,60 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import torch
 from torch import nn
+
+# User factories for `--model file.py:factory`, shared by the command-line tests.
+FACTORIES = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def _data(n=40):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+    def _net(width=6):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
+
+    def good():
+        return _net(), nn.CrossEntropyLoss(), _data()
+
+    def other_arch():
+        return _net(5), nn.CrossEntropyLoss(), _data()
+
+    def wrong_type():
+        return 42
+
+    def raises():
+        raise RuntimeError("dataset server unreachable")
+
+    def empty():
+        x, y = _data()
+        return _net(), nn.CrossEntropyLoss(), (x[:0], y[:0])
+
+    def frozen():
+        return _net().requires_grad_(False), nn.CrossEntropyLoss(), _data()
+
+    def batchnorm():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+        return net, nn.CrossEntropyLoss(), _data()
+
+    def labels_out_of_range():
+        x, y = _data()
+        return _net(), nn.CrossEntropyLoss(), (x, y + 5)
+
+    def nonfinite_loss():
+        x, y = _data()
+        x[3, 1] = float("inf")
+        return _net(), nn.CrossEntropyLoss(), (x, y)
+    """
+)
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,56 +10,16 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FACTORIES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import lossmap as lm
-
-FACTORIES = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    def _data(n=40):
-        g = torch.Generator().manual_seed(0)
-        return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
-
-    def _net(width=6):
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
-
-    def good():
-        return _net(), nn.CrossEntropyLoss(), _data()
-
-    def other_arch():
-        return _net(5), nn.CrossEntropyLoss(), _data()
-
-    def wrong_type():
-        return 42
-
-    def raises():
-        raise RuntimeError("dataset server unreachable")
-
-    def empty():
-        x, y = _data()
-        return _net(), nn.CrossEntropyLoss(), (x[:0], y[:0])
-
-    def labels_out_of_range():
-        x, y = _data()
-        return _net(), nn.CrossEntropyLoss(), (x, y + 5)
-
-    def nonfinite_loss():
-        x, y = _data()
-        x[3, 1] = float("inf")
-        return _net(), nn.CrossEntropyLoss(), (x, y)
-    """
-)
 
 
 # A checkpoint that, unpickled, would create a file: the proof that code ran.

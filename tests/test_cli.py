@@ -8,50 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FACTORIES
 from torch import nn
 
 import lossmap as lm
 from lossmap.cli import main
-
-FACTORIES = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    def _data(n=40):
-        g = torch.Generator().manual_seed(0)
-        return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
-
-    def _net():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-
-    def good():
-        return _net(), nn.CrossEntropyLoss(), _data()
-
-    def other_arch():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), nn.CrossEntropyLoss(), _data()
-
-    def wrong_type():
-        return 42
-
-    def raises():
-        raise RuntimeError("dataset server unreachable")
-
-    def empty():
-        x, y = _data()
-        return _net(), nn.CrossEntropyLoss(), (x[:0], y[:0])
-
-    def frozen():
-        return _net().requires_grad_(False), nn.CrossEntropyLoss(), _data()
-
-    def batchnorm():
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
-        return net, nn.CrossEntropyLoss(), _data()
-    """
-)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
