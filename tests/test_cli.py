@@ -431,13 +431,47 @@ def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -
     _one_line_error(code, err, "--samples must be at least 2")
 
 
-def test_connect_refuses_a_curve_on_batchnorm_before_any_work(
-    tmp_path: Path, factories: str, capsys
-) -> None:
+def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
+    """A curve between two BatchNorm models: fitted in train mode, every point evaluated
+    with recomputed statistics; the straight path with --reset-bn agrees at t = 0, 1."""
+    import userfactories  # type: ignore[import-not-found]
+
+    x, _y = userfactories._data()
+    for i in (0, 1):
+        net = userfactories.batchnorm()[0]
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        net.train()
+        with torch.no_grad():
+            net(x)  # running statistics of its own
+        torch.save(net.state_dict(), tmp_path / f"bn{i}.pt")
     out = tmp_path / "c"
-    code, _, err = run_cli(
-        ["connect", "a.pt", "b.pt", "--model", "userfactories:batchnorm", "--out", str(out)],
+    code, _stdout, err = run_cli(
+        [
+            "connect",
+            str(tmp_path / "bn0.pt"),
+            str(tmp_path / "bn1.pt"),
+            "--model",
+            "userfactories:batchnorm",
+            "--reset-bn",
+            "--epochs",
+            "2",
+            "--steps",
+            "9",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+        ],
         capsys,
     )
-    _one_line_error(code, err, "BatchNorm", "--curve none --reset-bn")
-    assert not list(out.iterdir())
+    assert code == 0, err
+    path, curve = lm.load(out / "path.h5"), lm.load(out / "curve.h5")
+    t = path.alpha
+    for i, ti in ((0, 0.0), (-1, 1.0)):
+        assert curve["loss"][i] == pytest.approx(
+            path["loss"][np.argmin(np.abs(t - ti))], rel=1e-5, abs=1e-7
+        )
+    assert path.meta["reset_bn"] is True and "recomputed" in curve.meta["batchnorm"]

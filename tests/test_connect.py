@@ -393,9 +393,22 @@ def test_bad_input(pair) -> None:
         C.linear(pole, RING_A, RING_B)
 
 
-def test_curve_refuses_batchnorm(bn_pair) -> None:
+def test_curve_on_batchnorm_recomputes_statistics(bn_pair) -> None:
+    """With BatchNorm the curve is fitted in train mode and every evaluated point gets
+    its own statistics: at t = 0 and 1 (where curve and line meet the endpoints) the
+    values equal the straight path's with reset_bn=True, and the model is untouched."""
     model_a, model_b, data = bn_pair
     land = lm.Landscape(model_a, nn.CrossEntropyLoss(), data=data)
+    before = state_of(model_a)
     b = {k: v.detach().clone() for k, v in model_b.named_parameters()}
-    with pytest.raises(ValueError, match="BatchNorm"):
-        C.curve(land, land.point(), b)
+    fit = C.curve(land, land.point(), b, epochs=2, steps=5, batch_size=256)
+    line = C.linear(land, land.point(), b, span=(0.0, 1.0), steps=5, reset_bn=True)
+    assert_unchanged(model_a, before)
+    for key in ("train/loss", "test/loss", "test/accuracy"):
+        for i in (0, -1):
+            assert fit.values[key][i] == pytest.approx(line[key][i], rel=1e-5, abs=1e-7), key
+        np.testing.assert_allclose(fit.line_values[key], line[key], rtol=1e-5, atol=1e-7)
+    assert "recomputed" in fit.meta["batchnorm"]
+    # Recomputed statistics matter: the plain (interpolated-statistics) path differs.
+    plain = C.linear(land, land.point(), b, span=(0.0, 1.0), steps=5)
+    assert abs(plain["train/loss"][2] - line["train/loss"][2]) > 1e-3

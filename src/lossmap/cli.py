@@ -815,9 +815,11 @@ def connect(
     checkpoint_key: CkptKeyOpt = None,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
-    """Paths between two minima: the straight line's barrier and a fitted low-loss curve."""
-    import torch
+    """Paths between two minima: the straight line's barrier and a fitted low-loss curve.
 
+    With BatchNorm, the curve is fitted in train mode and each of its points is
+    evaluated with statistics recomputed there; ``--reset-bn`` does the same for the
+    straight path (otherwise it uses the landscape's statistics at every t)."""
     import lossmap as lm
     from lossmap.store import hash_tensors
 
@@ -825,13 +827,6 @@ def connect(
     args = dict(locals())
     out = _prepare_out(out)
     land = build_landscape(model, example, device)
-    if curve is not CurveOpt.none and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in land.model.modules()
-    ):
-        raise CliError(
-            "--curve cannot be fitted on a model with BatchNorm yet (its statistics are not "
-            "recomputed along a curve); use --curve none --reset-bn for the straight path"
-        )
     la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
     for end in (la, lb):
         _check_theta0(end)

@@ -713,6 +713,11 @@ def curve(
     - Bézier: ``φ(t) = (1 - t)² a + 2 t (1 - t) θ + t² b``;
     - polychain: ``a -> θ`` for ``t ∈ [0, 1/2]``, ``θ -> b`` for ``t ∈ [1/2, 1]``.
 
+    With BatchNorm layers the curve is trained in train mode (batch statistics, dropout
+    seeded per epoch) and every evaluated point, on the curve and on the line, gets its
+    running statistics recomputed on the first data set before evaluation, as Garipov
+    et al. do.
+
     ``θ`` minimises ``E_{t ~ U(0, 1)} L(φ_θ(t))`` by SGD with momentum, one ``t`` drawn
     per minibatch as in the paper (Garipov et al. 2018, §3.2), on the landscape's first
     data set: in-memory data are shuffled into minibatches of ``batch_size``; streamed
@@ -764,12 +769,13 @@ def curve(
             raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
     if lr == 0:
         raise ValueError("lr must be > 0, e.g. lr=0.05")
-    if _bn_layers(land.model):
-        raise ValueError(
-            "curve() does not recompute BatchNorm statistics along the curve yet, so its "
-            "values would use the wrong statistics; use linear(..., reset_bn=True) for the "
-            "straight path, or a model without BatchNorm"
-        )
+    has_bn = bool(_bn_layers(land.model))
+    # With BatchNorm the curve is trained in train mode (batch statistics, as Garipov et
+    # al. do), and every evaluated point gets its statistics recomputed afterwards.
+    fit_land = land
+    if has_bn:
+        fit_land = copy.copy(land)
+        fit_land.train_mode = True
     pts = _check_pair(land, {"a": a, "b": b})
     a, b = pts["a"], pts["b"]
     ends = _check_endpoints(land, a, b)
@@ -830,9 +836,10 @@ def curve(
                 for leaf, buf in zip(leaves, _unflat(mom_arr, leaves), strict=True):
                     opt.state[leaf]["momentum_buffer"] = buf
 
-    with land.mode():
+    with fit_land.mode(), torch.random.fork_rng(devices=[]):
         for epoch in range(start, epochs):
             gen = torch.Generator().manual_seed(_seed_for(seed, epoch))
+            torch.manual_seed(_seed_for(seed, epoch))  # dropout, if any: same per epoch
             ts: Tensor | None = None
             batches: Iterable[Batch] = ds
             if joined is not None:
@@ -849,7 +856,7 @@ def curve(
                 )
                 phi = _blend(coefficients(k, tj)[0], a, bend, b)
                 nb = _batch_size(batch)
-                loss = land.batch_stats(phi, batch, metrics=False)[0] / nb
+                loss = fit_land.batch_stats(phi, batch, metrics=False)[0] / nb
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -884,15 +891,21 @@ def curve(
         [np.stack([c[:, 1], c[:, 2]], axis=1), np.stack([np.zeros_like(t), t], axis=1)]
     )
     t_eval = time.perf_counter()
-    res = run(
-        land,
-        Span(a, [V.sub(theta, a), V.sub(b, a)], coeffs),
-        datasets=datasets,
-        strategy=strategy,
-        view="connect",
-    )
-    values = {key: v[:steps] for key, v in res.values.items()}
-    line_values = {key: v[steps:] for key, v in res.values.items()}
+    if has_bn:
+        all_values, info = _evaluate_with_bn(
+            land, a, [V.sub(theta, a), V.sub(b, a)], coeffs, datasets
+        )
+    else:
+        res = run(
+            land,
+            Span(a, [V.sub(theta, a), V.sub(b, a)], coeffs),
+            datasets=datasets,
+            strategy=strategy,
+            view="connect",
+        )
+        all_values, info = res.values, res.info
+    values = {key: v[:steps] for key, v in all_values.items()}
+    line_values = {key: v[steps:] for key, v in all_values.items()}
     t_eval = time.perf_counter() - t_eval
     meta: dict[str, Any] = {
         **config,
@@ -907,7 +920,13 @@ def curve(
         "bend_offset": float(V.norm(V.sub(theta, V.scale(V.add(a, b), 0.5)))),
         "seconds_train": t_train,
         "seconds_eval": t_eval,
-        "engine": res.info,
+        "engine": info,
+        "batchnorm": (
+            "trained in train mode (batch statistics); statistics recomputed at every "
+            "evaluated point"
+            if has_bn
+            else None
+        ),
         "device": str(land.device),
         "versions": versions(),
     }
@@ -933,6 +952,34 @@ def curve(
         "line": _barriers(fit.to_curve("line")),
     }
     return fit
+
+
+def _evaluate_with_bn(
+    land: Landscape,
+    origin: V.Vector,
+    dirs: list[V.Vector],
+    coeffs: np.ndarray,
+    datasets: Sequence[str] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every point ``origin + Σ c_k d_k`` evaluated with its own BatchNorm statistics,
+    recomputed on the first data set (as Garipov et al.'s ``bn_update`` before each
+    evaluation)."""
+    bench = _BNWorkbench(land, None)
+    rows: list[dict[str, np.ndarray]] = []
+    for c in coeffs:
+        p = {
+            k: origin[k] + sum(float(ck) * d[k] for ck, d in zip(c, dirs, strict=True))
+            for k in origin
+        }
+        fixed = bench.buffers_at(p)
+        if all(torch.isfinite(x).all() for x in fixed.values() if x.is_floating_point()):
+            vals = land.at({**p, **fixed}).evaluate([p], datasets=datasets, strategy="loop")
+            rows.append(_values_only(vals))
+        else:
+            rows.append({})
+    keys = next((list(r) for r in rows if r), [])
+    values = {k: np.array([r[k][0] if r else np.nan for r in rows]) for k in keys}
+    return values, {"strategy": "loop, BatchNorm statistics recomputed at every point"}
 
 
 # ---------------------------------------------------------------------------- plane
