@@ -37,6 +37,9 @@ bench: setup
 	  $(BIN)/python -m pip install -q --no-deps curvlinops-for-pytorch==3.0.1 || echo "curvlinops unavailable: skipped"
 	$(BIN)/python benchmarks/surface.py
 	$(BIN)/python benchmarks/curvature.py
+	$(BIN)/python benchmarks/keskar.py
+	$(BIN)/python benchmarks/connect.py
+	$(BIN)/python benchmarks/edge_of_stability.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
