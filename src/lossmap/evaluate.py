@@ -57,6 +57,7 @@ class Span:
     directions: list[V.Vector]
     coeffs: np.ndarray
     _stacked: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _bufs: dict[tuple[str, int], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.coeffs = np.asarray(self.coeffs, dtype=np.float64)
@@ -80,18 +81,29 @@ class Span:
     def stacked(self, idx: np.ndarray, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
         """The points ``idx`` as ``{name: Tensor[len(idx), *shape]}`` (only ``keys``).
 
-        Computed elementwise, ``origin + c_0 d_0 + c_1 d_1 + ...`` in that order, so a
-        point's parameters are bit-identical whichever chunk it is computed in.
+        Computed elementwise, ``origin + c_0 d_0 + c_1 d_1 + ...`` in that order (each
+        product rounded, then added: no fused multiply-add), so a point's parameters
+        are bit-identical whichever chunk it is computed in. The tensors live in
+        buffers reused by the next call with as many points: use them before asking
+        for more (fresh multi-MB allocations per chunk cost more than the arithmetic).
         """
         out = {}
+        n = len(idx)
         for k in keys if keys is not None else self.origin:
             t = self.origin[k]
             c = self.coeff_tensor(idx, t)
             d = self._stacked[k]
-            view = (len(idx),) + (1,) * t.ndim
-            acc = t.unsqueeze(0) + c[:, 0].view(view) * d[0]
+            bufs = self._bufs.get((k, n))
+            if bufs is None:
+                shape = (n, *t.shape)
+                bufs = self._bufs[(k, n)] = (t.new_empty(shape), t.new_empty(shape))
+            acc, tmp = bufs
+            view = (n,) + (1,) * t.ndim
+            torch.mul(c[:, 0].view(view), d[0], out=acc)
+            acc.add_(t)  # t + c_0 d_0 (addition commutes exactly)
             for j in range(1, d.shape[0]):
-                acc = acc + c[:, j].view(view) * d[j]
+                torch.mul(c[:, j].view(view), d[j], out=tmp)
+                acc.add_(tmp)
             out[k] = acc
         return out
 
