@@ -365,6 +365,15 @@ def test_trajectory_command(tmp_path: Path, factories: str, capsys) -> None:
     np.testing.assert_allclose(traj["values"]["train/loss"], losses, rtol=1e-5)
     assert sum(traj["explained_variance_ratio"]) <= 1 + 1e-9
     assert (out / "trajectory.png").exists() and "PC1" in stdout
+    # The same command again resumes the whole plane from the run's journal.
+    code, _, err = run_cli(
+        ["trajectory", *paths, "--model", "userfactories:good", "--steps", "9", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    again = lm.load(out / "surface.h5")
+    assert again.meta["engine"]["resumed_points"] == 81
+    assert again["loss"].tobytes() == s["loss"].tobytes()
     code, _, err = run_cli(
         ["trajectory", paths[0], "--model", "userfactories:good", "--out", str(out)], capsys
     )

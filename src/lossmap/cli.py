@@ -929,6 +929,7 @@ def trajectory_cmd(
     device: DeviceOpt = Device.auto,
     out: OutOpt = Path("runs/trajectory"),
     log: LogOpt = None,
+    restart: RestartOpt = False,
     checkpoint_key: CkptKeyOpt = None,
     trust_checkpoint: TrustOpt = False,
     max_hours: MaxHoursOpt = 24.0,
@@ -965,10 +966,32 @@ def trajectory_cmd(
         raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
     final = land.at(dict(cps[-1]))
     _check_budget(steps, 2, _check_theta0(final), max_hours)
-    with _progress("trajectory plane") as progress:
-        surf, coords = trajectory.pca_plane(
-            final, cps, steps=steps, ignore=_ignore(ignore), labels=labels, progress=progress
-        )
+    from lossmap.store import hash_tensors
+
+    fp = {
+        "command": "trajectory",
+        "model": model,
+        "example": example,
+        "steps": steps,
+        "ignore": ignore,
+        "checkpoints": hash_tensors([t for c in cps for t in c.values()]),
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        with _progress("trajectory plane") as progress:
+            surf, coords = trajectory.pca_plane(
+                final,
+                cps,
+                steps=steps,
+                ignore=_ignore(ignore),
+                labels=labels,
+                progress=progress,
+                journal=journal,
+            )
+    finally:
+        journal.close()
     files = _save_result(surf, out, "surface", log=log)
     fig = lplot.trajectory(surf, log=log)
     files += lplot.save(fig, out / "trajectory")
@@ -1618,7 +1641,16 @@ def rerun(
         raise CliError(f"{record} does not record its command line (written by an older lossmap)")
     target = (out or run_dir / "rerun").resolve()
     argv = _with_option([str(a) for a in argv], "--out", str(target))
-    if info["command"] in ("line", "plane", "interpolate", "demo", "hessian"):
+    if info["command"] in (
+        "line",
+        "plane",
+        "interpolate",
+        "demo",
+        "hessian",
+        "sharpness",
+        "connect",
+        "trajectory",
+    ):
         argv.append("--restart")
     if info["command"] in ("line", "plane", "interpolate"):
         # Pin what auto chose by timing: another strategy differs in the last bits.

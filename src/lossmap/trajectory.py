@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from lossmap.directions import _checkpoint_list, pca, project
 from lossmap.evaluate import Progress
 from lossmap.landscape import Landscape
 from lossmap.results import Surface
+
+if TYPE_CHECKING:
+    from lossmap.store import Journal
 
 __all__ = ["SharpnessHistory", "auto_span", "gradient_descent", "pca_plane", "snapshot"]
 
@@ -83,6 +86,7 @@ def pca_plane(
     datasets: Sequence[str] | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
+    journal: Journal | None = None,
 ) -> tuple[Surface, np.ndarray]:
     """The loss on the PCA plane of a training trajectory, and the path projected onto it.
 
@@ -104,7 +108,7 @@ def pca_plane(
         ignore: parameters left out of the PCA (see :func:`lossmap.directions.pca`).
         center: centre the checkpoints before the SVD (Li et al.'s code does).
         labels: one number per checkpoint (epoch, step) stored with the path.
-        datasets, strategy, progress: as in :func:`lossmap.plane`.
+        datasets, strategy, progress, journal: as in :func:`lossmap.plane`.
 
     Returns:
         ``(surface, coords)``: the :class:`~lossmap.results.Surface` (its
@@ -132,6 +136,7 @@ def pca_plane(
         datasets=datasets,
         strategy=strategy,
         progress=progress,
+        journal=journal,
     )
     at_checkpoints = land.evaluate(cps, datasets=datasets, strategy=strategy)
     surf.meta["trajectory"] = {
