@@ -253,8 +253,6 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
                     f"--checkpoint-key {key!r}: {part!r} is not in {path} (it has {have})"
                 )
             obj = obj[part]
-        if isinstance(obj, torch.nn.Module):
-            obj = obj.state_dict()
     elif isinstance(obj, Mapping) and not _is_state(obj):
         inner = [
             k
@@ -263,7 +261,7 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
         ]
         if inner:
             obj = obj[inner[0]]
-    if isinstance(obj, torch.nn.Module) and trust:
+    if isinstance(obj, torch.nn.Module):  # only loadable with --trust-checkpoint
         obj = obj.state_dict()
     if not _is_state(obj):
         hint = (
@@ -439,11 +437,10 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from lossmap.results import _jsonable
+    from lossmap.results import _jsonable, atomic_path
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def _save_result(result: Any, out: Path, name: str, *, log: bool | None = None) -> list[Path]:
@@ -497,15 +494,18 @@ def _record(
 
 
 def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it."""
+    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it.
+
+    Hashes the fingerprint already holds (of θ0, of the data) are not computed again."""
     from lossmap.store import hash_tensors
 
+    fp = fingerprint or {}
     return {
         "argv": list(_RUN["argv"]),
         "cwd": os.getcwd(),
         "device": str(land.device),
-        "theta0_sha256": hash_tensors(land._params0),
-        "data_sha256": _data_hash(land),
+        "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
+        "data_sha256": fp.get("data") or _data_hash(land),
         "fingerprint": fingerprint,
     }
 
@@ -948,17 +948,10 @@ def trajectory_cmd(
                 f"a trajectory needs at least 2 checkpoints (got {len(checkpoints)}); pass the "
                 "checkpoints saved during training, in order"
             )
-        expected = set(land._params0) | set(land._fixed0)
-        cps = []
-        for path in checkpoints:
-            sd = _align_prefix(
-                load_checkpoint(path, key=checkpoint_key, trust=trust_checkpoint), expected
-            )
-            try:
-                land.at(sd)  # checks keys, shapes and finiteness, naming the file
-            except ValueError as e:
-                raise CliError(f"--checkpoint {path}: {e}") from None
-            cps.append({k: sd[k] for k in land._params0})
+        cps = [
+            with_checkpoint(land, path, key=checkpoint_key, trust=trust_checkpoint)._params0
+            for path in checkpoints
+        ]
         labels = [float(i) for i in range(len(cps))]
     elif example is Example.digits:
         cps, labels = _digits_trajectory(land, epochs, seed)
@@ -1033,10 +1026,11 @@ def _sharpness(
     journal: Any = None,
     deltas: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """λ_max and the quadratic estimate, ε-sharpness, adaptive and average sharpness.
+    """λ_max, ε-sharpness, adaptive and average-case sharpness (plain and adaptive).
 
     ``deltas``, if given, receives the worst-case perturbations found."""
     from lossmap import sharpness as S
+    from lossmap.hessian import eigenvalues
 
     rows: list[dict[str, Any]] = []
 
@@ -1049,12 +1043,12 @@ def _sharpness(
 
     with _progress("sharpness") as progress:
         progress(0, 5)
-        q = S.quadratic(land, eps=1.0, seed=seed)
+        top = eigenvalues(land, 1, tol=1e-6, seed=seed)
         rows.append(
             {
                 "metric": "lambda_max",
                 "setting": "Lanczos, tol 1e-6",
-                "value": q.lambda_max,
+                "value": float(top.values[0]),
                 "paper": "Hessian top eigenvalue",
                 "stderr": float("nan"),
                 "increase": float("nan"),
@@ -1301,18 +1295,9 @@ def _curvature(
 
 
 def _write_curvature(sd: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    import csv
-
     from lossmap import plot as lplot
 
-    files = [sd.save(out / "spectrum.h5")]
-    tmp = out / "eigenvalues.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out / "eigenvalues.csv")
-    files.append(out / "eigenvalues.csv")
+    files = [sd.save(out / "spectrum.h5"), _write_rows(rows, out / "eigenvalues.csv")]
     files += lplot.figures(sd, out)
     return files
 
