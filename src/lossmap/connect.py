@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from lossmap import vectors as V
+from lossmap._checks import choice
 from lossmap.directions import Direction
 from lossmap.evaluate import Progress, Span, run
 from lossmap.landscape import Batch, Landscape, _to_device
@@ -512,11 +513,7 @@ class CurveKind(str, enum.Enum):
 
 
 def _kind(value: str | CurveKind) -> CurveKind:
-    try:
-        return CurveKind(value)
-    except ValueError:
-        choices = ", ".join(k.value for k in CurveKind)
-        raise ValueError(f"unknown curve kind {value!r}; choose one of {choices}") from None
+    return choice(value, CurveKind, "curve kind")
 
 
 def coefficients(kind: str | CurveKind, t: float | Sequence[float] | np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lossmap import vectors as V
+from lossmap._checks import choice
 from lossmap.landscape import Landscape
 
 __all__ = [
@@ -70,11 +71,7 @@ IGNORE_RULES = ("bias", "norm")
 
 
 def _normalization(value: str | Normalization) -> Normalization:
-    try:
-        return Normalization(value)
-    except ValueError:
-        choices = ", ".join(n.value for n in Normalization)
-        raise ValueError(f"unknown normalization {value!r}; choose one of {choices}") from None
+    return choice(value, Normalization, "normalization")
 
 
 def ignored_names(land: Landscape, ignore: Iterable[str]) -> set[str]:

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from lossmap import vectors as V
+from lossmap._checks import choice
 from lossmap.hessian import eigenvalues, single_blas_thread
 from lossmap.landscape import Landscape
 
@@ -153,14 +154,6 @@ class Quadratic:
 
 
 # ---------------------------------------------------------------------- helpers
-def _choice(value: object, enum_type: type[enum.Enum], what: str) -> Any:
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum_type)
-        raise ValueError(f"unknown {what} {value!r}; choose one of {choices}") from None
-
-
 def _positive(value: object, name: str, hint: str) -> float:
     try:
         x = float(value)  # type: ignore[arg-type]
@@ -488,11 +481,11 @@ def epsilon(
     0.02
     """
     eps = _positive(eps, "eps", "e.g. eps=1e-3 as in Keskar et al. 2017")
-    reg = _choice(region, Region, "region")
+    reg = choice(region, Region, "region", show=repr)
     if method is None:
         meth = Method.LBFGSB if reg is Region.BOX else Method.PGD
     else:
-        meth = _choice(method, Method, "method")
+        meth = choice(method, Method, "method", show=repr)
     if reg is Region.BALL and meth is Method.LBFGSB:
         raise ValueError(
             "method 'lbfgsb' handles bound constraints only, not the ball; use "
