@@ -179,7 +179,13 @@ def fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
-def report(res: dict[str, Any], load: tuple[float, float], code: str, quick: bool) -> list[str]:
+def report(
+    res: dict[str, Any],
+    load: tuple[float, float],
+    code: str,
+    quick: bool,
+    threads_set: bool = False,
+) -> list[str]:
     s, land, fits, line = res["settings"], res["land"], res["fits"], res["line"]
     rows = [("straight line", line.meta["barrier"], None)]
     rows += [(k, f.meta["barrier"]["curve"], f) for k, f in fits.items()]
@@ -190,6 +196,9 @@ def report(res: dict[str, Any], load: tuple[float, float], code: str, quick: boo
         f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
         f"- torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}, "
         f"lossmap {lm.__version__} ({code})",
+        "- command: `python benchmarks/connect.py"
+        + (f" --threads {torch.get_num_threads()}" if threads_set else "")
+        + "` (or `make bench`)",
         f"- 1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f} (shared machine; "
         "with 2 torch threads under a load of ~5 the same evaluations ran 10-50× slower from "
         "thread contention, hence `--threads 1` for the recorded run)",
@@ -277,7 +286,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     res = run(args.quick)
     load = (load0, os.getloadavg()[0])
-    lines = report(res, load, code, args.quick)
+    lines = report(res, load, code, args.quick, args.threads is not None)
     out = args.out if args.out is not None else (None if args.quick else RESULTS / "connect.md")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,6 @@ import argparse
 import copy
 import datetime
 import functools
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -51,7 +50,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from _machine import code_state, cpu_model
+from _machine import code_state, cpu_model, version
 from torch import Tensor, nn
 
 import lossmap as lm
@@ -416,10 +415,6 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
 
 def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> list[str]:
     cpu = cpu_model()
-    try:
-        ll_version = importlib.metadata.version("loss-landscapes")
-    except importlib.metadata.PackageNotFoundError:
-        ll_version = "not installed"
     return [
         f"# lossmap surface benchmark: {steps} × {steps} plane ({steps * steps} points)",
         "",
@@ -427,7 +422,8 @@ def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> li
         f"- CPU: {cpu} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
         f"- torch {torch.__version__}, numpy {np.__version__}, python "
         f"{platform.python_version()}, lossmap {lm.__version__} ({code}), "
-        f"loss-landscapes {ll_version}",
+        f"loss-landscapes {version('loss-landscapes')}",
+        "- command: `python benchmarks/surface.py` (or `make bench`)",
         f"- median of {repeats} repeat(s) of the whole plane after one warm-up, methods "
         "timed round-robin in a rotating order; ms/pt = plane time / points; lossmap auto includes its "
         "strategy trial; forward = median of one full-batch forward + criterion in "
