@@ -149,17 +149,29 @@ def test_auto_keeps_the_trial_rows_of_either_winner(mlp_data, monkeypatch, winne
         np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=k)
 
 
+@pytest.mark.parametrize("case", ["ties", "no-ties", "nan-and-tie"])
 @pytest.mark.parametrize("classes_first", [True, False])
-def test_batched_accuracy_is_argmax_with_ties(classes_first: bool) -> None:
+def test_batched_accuracy_is_argmax_with_ties(classes_first: bool, case: str) -> None:
     """The batched cross-entropy path counts a sample correct exactly when argmax
-    (first maximum on ties) equals the target: ties, all-equal logits included."""
+    (first maximum on ties) equals the target: ties, all-equal logits included, and
+    a chunk where one sample's NaN logits and another's tie would balance a count of
+    maxima (the no-tie shortcut must not be taken there)."""
     g = torch.Generator().manual_seed(0)
     n, c, p = 50, 4, 6
     x = torch.randn(n, 3, generator=g)
     y = torch.randint(0, c, (n,), generator=g)
     land = lm.Landscape(nn.Linear(3, c), nn.CrossEntropyLoss(), data=(x, y))
-    logits = torch.randint(-1, 2, (p, n, c), generator=g).float()  # many ties
-    logits[0] = 0.0  # all classes tied: only target 0 is correct
+    if case == "ties":
+        logits = torch.randint(-1, 2, (p, n, c), generator=g).float()  # many ties
+        logits[0] = 0.0  # all classes tied: only target 0 is correct
+    else:
+        logits = torch.randn(p, n, c, generator=g)
+    if case == "nan-and-tie":
+        logits[1, 0] = float("nan")  # no maximum
+        logits[1, 1] = 0.0
+        logits[1, 1, 2:] = -1.0  # classes 0 and 1 tied: argmax is 0
+        y = y.clone()
+        y[1] = 1  # so the tied sample is wrong, and counted right only by mistake
     stats = land.batched_output_stats(
         logits.transpose(1, 2).contiguous() if classes_first else logits,
         y,
@@ -167,10 +179,13 @@ def test_batched_accuracy_is_argmax_with_ties(classes_first: bool) -> None:
         classes_first=classes_first,
     )
     assert stats is not None
-    expected_acc = (logits.argmax(dim=-1) == y).float().sum(dim=-1)
+    # (torch's argmax calls a NaN the maximum; a sample with NaN logits is never correct)
+    finite = ~logits.isnan().any(dim=-1)
+    expected_acc = ((logits.argmax(dim=-1) == y) & finite).float().sum(dim=-1)
     expected_loss = torch.stack(
         [nn.functional.cross_entropy(logits[i], y, reduction="sum") for i in range(p)]
     )
     torch.testing.assert_close(stats[:, 1], expected_acc, rtol=0, atol=0)
-    torch.testing.assert_close(stats[:, 0], expected_loss, rtol=1e-6, atol=1e-5)
-    assert float(stats[0, 1]) == float((y == 0).sum())
+    torch.testing.assert_close(stats[:, 0], expected_loss, rtol=1e-6, atol=1e-5, equal_nan=True)
+    if case == "ties":
+        assert float(stats[0, 1]) == float((y == 0).sum())

@@ -48,6 +48,28 @@ STRATEGIES = ("auto", "loop", "vmap", "affine", "affine-vmap")
 Progress = Callable[[int, int], None]
 
 
+class _Scratch:
+    """Tensors kept across chunks, one per ``key``: a request for fewer rows than the
+    one held gets a slice of it, so the run's last, shorter chunk and the trial's
+    warm-up allocate nothing. On CPU, fresh multi-MB allocations per chunk (page faults
+    on first touch) cost as much as the arithmetic."""
+
+    def __init__(self) -> None:
+        self._held: dict[Any, Tensor] = {}
+
+    def get(self, key: Any, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        buf = self._held.get(key)
+        if (
+            buf is None
+            or buf.shape[1:] != shape[1:]
+            or buf.shape[0] < shape[0]
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self._held[key] = like.new_empty(shape)
+        return buf[: shape[0]]
+
+
 # ------------------------------------------------------------------ point sets
 @dataclass
 class Span:
@@ -57,7 +79,7 @@ class Span:
     directions: list[V.Vector]
     coeffs: np.ndarray
     _stacked: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _bufs: dict[tuple[str, int], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    _scratch: _Scratch = field(default_factory=lambda: _Scratch(), repr=False)
 
     def __post_init__(self) -> None:
         self.coeffs = np.asarray(self.coeffs, dtype=np.float64)
@@ -93,11 +115,8 @@ class Span:
             t = self.origin[k]
             c = self.coeff_tensor(idx, t)
             d = self._stacked[k]
-            bufs = self._bufs.get((k, n))
-            if bufs is None:
-                shape = (n, *t.shape)
-                bufs = self._bufs[(k, n)] = (t.new_empty(shape), t.new_empty(shape))
-            acc, tmp = bufs
+            acc = self._scratch.get((k, 0), (n, *t.shape), t)
+            tmp = self._scratch.get((k, 1), (n, *t.shape), t)
             view = (n,) + (1,) * t.ndim
             torch.mul(c[:, 0].view(view), d[0], out=acc)
             acc.add_(t)  # t + c_0 d_0 (addition commutes exactly)
@@ -231,11 +250,20 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
 
 
 def _run_chain_batched(
-    chain: list[_Step], tensors: Mapping[str, Tensor], h: Tensor, *, classes_first: bool = False
+    chain: list[_Step],
+    tensors: Mapping[str, Tensor],
+    h: Tensor,
+    scratch: _Scratch,
+    dest: Tensor | None = None,
 ) -> Tensor:
-    """The chain on ``h: [P, N, features]`` (a tensor the caller owns) with per-point
-    weights ``[P, out, in]``; activations in place where possible. With
-    ``classes_first`` the last layer (linear) writes ``[P, out, N]``."""
+    """The chain on ``h: [P, features, N]`` (features first; a tensor the caller owns)
+    with per-point weights ``[P, out, in]`` (or shared ``[out, in]``): each linear layer
+    is one batched product ``W h + b`` that writes ``[P, out, N]`` into a buffer of
+    ``scratch``, and activations are applied in place. Features first,
+    no operand is ever transposed, and the logits come out classes-first, the layout in
+    which the loss reduces over the classes along contiguous samples. The result is
+    written into ``dest`` when given."""
+    p = h.shape[0]
     last = len(chain) - 1
     for i, st in enumerate(chain):
         if st.kind == "free":
@@ -243,12 +271,16 @@ def _run_chain_batched(
             h = inplace(st.module, h) if inplace is not None else st.module(h)
             continue
         w = tensors[st.weight]
+        w = w if w.ndim == 3 else w.expand(p, *w.shape)  # a frozen layer: shared weights
         b = tensors[st.bias] if st.bias is not None else None
-        if classes_first and i == last:
-            ht = h.transpose(1, 2)
-            return torch.bmm(w, ht) if b is None else torch.baddbmm(b.unsqueeze(2), w, ht)
-        wt = w.transpose(1, 2)
-        h = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
+        if b is not None and b.ndim == 1:
+            b = b.expand(p, *b.shape)
+        shape = (p, w.shape[1], h.shape[2])
+        out = dest if dest is not None and i == last else scratch.get(i, shape, h)
+        h = torch.bmm(w, h, out=out) if b is None else torch.baddbmm(b.unsqueeze(2), w, h, out=out)
+    if dest is not None and h is not dest:
+        dest.copy_(h)
+        return dest
     return h
 
 
@@ -283,6 +315,8 @@ def _run_chain(
             h = functional_call(st.module, {p: tensors[k] for k, p in st.keys.items()}, (h,))
     return h
 
+
+_TILE_BYTES = 1 << 20  # the widest activation of a CPU tile of points (see _Evaluator)
 
 _AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -334,6 +368,8 @@ class _Evaluator:
             )
         self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
         self._bufs: dict[int, Tensor] = {}
+        self._scratch = _Scratch()
+        self._zt: dict[int, Tensor] = {}
         # The parameters each point needs (the affine strategies skip the first layer's).
         skip = self.plan.layer_keys if self.plan is not None else {}
         self.keys = [k for k in land._params0 if k not in skip]
@@ -362,6 +398,18 @@ class _Evaluator:
         if cache:
             self._cache[key] = parts
         return parts
+
+    def _features_first(self, z0: Tensor, z: Tensor, cache: bool) -> Tensor:
+        """``[K+1, F*N]``: the first layer's output ``[N, F]`` at the origin and along
+        each direction, transposed to features first and flattened (cached with them)."""
+        key = id(z0)
+        zt = self._zt.get(key) if cache else None
+        if zt is None:
+            k = len(self.points.directions)  # type: ignore[union-attr]
+            zt = torch.cat([z0.unsqueeze(0), z[:k]]).transpose(1, 2).reshape(k + 1, -1)
+            if cache:
+                self._zt[key] = zt
+        return zt
 
     def __call__(
         self, params: dict[str, Tensor], idx: np.ndarray, batch: Batch, cache: bool
@@ -401,25 +449,49 @@ class _Evaluator:
                 rows.append(land.output_stats(out, target, n))
             return torch.stack(rows)
 
-        if self.plan.batched:
-            # Many points as one batched computation, without vmap: [P, N, H] activations,
-            # batched matmuls, and the loss reduced per point by a known formula.
-            flat = torch.addmm(z0.reshape(1, -1), coeffs, z.reshape(z.shape[0], -1))
-            h = flat.view(len(idx), *z0.shape)
-            cf = (
-                land.classes_first_ok and bool(chain) and chain[-1].kind == "linear" and h.ndim == 3
+        if self.plan.batched and z0.ndim == 2:
+            # Many points as one batched computation, without vmap, features first:
+            # the first layer's output for all points is one product [1, c] @ [z0; z]
+            # (a K+1 matrix product beats a broadcast add plus a K-term product), then
+            # [P, F, N] activations through batched products, and the loss reduced per
+            # point by a known formula.
+            zt = self._features_first(z0, z, cache)
+            p, (m, f) = len(idx), z0.shape
+            c1 = torch.cat([coeffs.new_ones(p, 1), coeffs], dim=1)
+            tensors = {**fixed, **rp}
+            widths = [f] + [tensors[st.weight].shape[-2] for st in chain if st.kind == "linear"]
+            # On CPU the chunk runs in tiles whose widest activation fits in ~1 MB of
+            # cache: the same speed in steady state, a few MB less fresh memory to fault
+            # in on a first run (costly on a VM), and the chunk's output stays small.
+            tile = p
+            if z0.device.type == "cpu":
+                tile = min(p, max(8, _TILE_BYTES // (max(widths) * m * zt.element_size())))
+            res = self._scratch.get("out", (p, widths[-1], m), zt) if tile < p else None
+            for s0 in range(0, p, tile):
+                s1 = min(p, s0 + tile)
+                hbuf = self._scratch.get("h", (s1 - s0, zt.shape[1]), zt)
+                h = torch.mm(c1[s0:s1], zt, out=hbuf).view(s1 - s0, f, m)
+                part = (
+                    tensors
+                    if tile == p
+                    else {k: v[s0:s1] if k in rp else v for k, v in tensors.items()}
+                )
+                dest = None if res is None else res[s0:s1]
+                r = _run_chain_batched(chain, part, h, self._scratch, dest)
+                res = r if res is None else res
+            assert res is not None
+            out = res
+            cf = land.classes_first_ok
+            stats = land.batched_output_stats(
+                out if cf else out.transpose(1, 2), target, n, classes_first=cf, owned=True
             )
-            out = _run_chain_batched(chain, {**fixed, **rp}, h, classes_first=cf)
-            stats = land.batched_output_stats(out, target, n, classes_first=cf)
             if stats is not None:
                 return stats
-            if cf:
-                out = out.transpose(1, 2)
 
             def head(o: Tensor) -> Tensor:
                 return land.output_stats(o, target, n)
 
-            return torch.vmap(head)(out)
+            return torch.vmap(head)(out.transpose(1, 2))
 
         def one(p: dict[str, Tensor], c: Tensor) -> Tensor:
             h = z0 + torch.tensordot(c, z, dims=1)
@@ -431,9 +503,17 @@ class _Evaluator:
 # -------------------------------------------------------------- memory model
 def _activation_bytes_per_sample(land: Landscape) -> int | None:
     """Bytes of module outputs per sample in one forward pass (measured with hooks)."""
-    cached = getattr(land, "_act_bytes", None)
+    sizes = _output_sizes(land)
+    return None if sizes is None else sizes[0]
+
+
+def _output_sizes(land: Landscape) -> tuple[int, int, int] | None:
+    """Per sample, measured with hooks on a forward pass over two samples: the bytes
+    of all module outputs, the bytes of the model's output, and the number of
+    dimensions of the first module's output (cached on the landscape)."""
+    cached = getattr(land, "_out_sizes", None)
     if cached is not None:
-        return int(cached)
+        return cached  # type: ignore[no-any-return]
     ds = next(iter(land.datasets.values()))
     if not ds.in_memory or land.criterion is None:
         return None
@@ -441,12 +521,11 @@ def _activation_bytes_per_sample(land: Landscape) -> int | None:
     if not isinstance(batch, tuple | list):
         return None
     small = tuple(t[:2] if isinstance(t, Tensor) and t.ndim > 0 else t for t in batch)
-    total = 0
+    outs: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        nonlocal total
         if isinstance(out, Tensor):
-            total += out.numel() * out.element_size()
+            outs.append(out)
 
     handles = [m.register_forward_hook(hook) for m in land.model.modules()]
     try:
@@ -455,9 +534,15 @@ def _activation_bytes_per_sample(land: Landscape) -> int | None:
     finally:
         for h in handles:
             h.remove()
-    per = max(1, total // max(1, batch_size(small)))
-    land._act_bytes = per  # type: ignore[attr-defined]
-    return per
+    if not outs:
+        return None
+    n = max(1, batch_size(small))
+    total = sum(o.numel() * o.element_size() for o in outs)
+    last = outs[-1]  # the model itself: its hook runs last
+    first = next((o for o in outs if o is not last), last)
+    sizes = (max(1, total // n), max(1, last.numel() * last.element_size() // n), first.ndim)
+    land._out_sizes = sizes  # type: ignore[attr-defined]
+    return sizes
 
 
 def _vmap_chunk(land: Landscape, n_points: int, budget: int) -> int:
@@ -511,6 +596,15 @@ def _eligible(land: Landscape, points: PointSet) -> list[str]:
 def _chunk_size(
     land: Landscape, strategy: str, n: int, vchunk: int, budget: int, streaming: bool
 ) -> int:
+    if strategy == "affine-vmap" and land.device.type == "cpu":
+        plan, sizes = affine_plan(land), _output_sizes(land)
+        if plan is not None and plan.batched and sizes is not None and sizes[2] == 2:
+            # Tiled (see _Evaluator): across the chunk a point holds only its output and
+            # the loss's scratch, so chunks can be larger than vmap's (fewer passes).
+            ds = next(iter(land.datasets.values()))
+            biggest = max((batch_size(b) for b in ds.batches), default=1)  # type: ignore[union-attr]
+            per_point = 3 * land.num_parameters * 4 + biggest * sizes[1] * 4
+            return int(max(1, min(1024, n, 2**26 // per_point, budget // per_point)))
     if strategy.endswith("vmap"):
         return vchunk
     # Loops: many points per pass when streaming, so the loader runs rarely.

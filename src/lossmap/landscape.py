@@ -453,7 +453,13 @@ class Landscape:
         return self._fast_ce
 
     def batched_output_stats(
-        self, out: Tensor, target: Tensor, n: int, *, classes_first: bool = False
+        self,
+        out: Tensor,
+        target: Tensor,
+        n: int,
+        *,
+        classes_first: bool = False,
+        owned: bool = False,
     ) -> Tensor | None:
         """:meth:`output_stats` for ``out: [P, *output]`` (P points at once), ``[P, S]``.
 
@@ -462,7 +468,8 @@ class Landscape:
         :meth:`output_stats`, which is much slower for these losses on CPU).
         ``classes_first``: cross-entropy logits are ``[P, C, N]``; reducing over the
         class dimension then runs along contiguous samples, several times faster on CPU
-        when there are few classes.
+        when there are few classes. ``owned``: ``out`` is a scratch tensor the caller
+        gives up, which cross-entropy then overwrites instead of allocating its like.
         """
         crit = self.criterion
         reduction = getattr(crit, "reduction", None)
@@ -471,29 +478,49 @@ class Landscape:
         dims = tuple(range(1, out.ndim))
         if self._fast_ce and target.dtype in _INT_TYPES and target.ndim == 1 and out.ndim == 3:
             cdim = 1 if classes_first else 2
+            p, c = out.shape[0], out.shape[cdim]
             top = out.amax(dim=cdim, keepdim=True)
-            lse = (out - top).exp_().sum(dim=cdim).log_().add_(top.squeeze(cdim))
+            onehot = torch.nn.functional.one_hot(target, c).to(out.dtype)  # [N, C]
+            if classes_first:
+                onehot = onehot.t()
+            onehot = onehot.reshape(-1)
             index = target.view(1, 1, -1) if classes_first else target.view(1, -1, 1)
-            picked = out.gather(
-                cdim, index.expand(*[-1 if d == cdim else s for d, s in enumerate(out.shape)])
-            )
-            picked = picked.squeeze(cdim)
-            cols = [(lse - picked).sum(dim=-1)]
+            full = [-1 if d == cdim else s for d, s in enumerate(out.shape)]
             if self.metrics:
                 # Correct iff the target is the arg-max, ties going to the first maximum
-                # as argmax does: its logit is the maximum and no lower class index
-                # reaches it. Comparisons against the maximum already computed cost a
+                # as argmax does. Comparisons against the maximum already computed cost a
                 # fraction of an argmax over the (few) classes, slow on CPU.
-                classes = torch.arange(out.shape[cdim], device=out.device)
-                lower = (
-                    classes.view(1, -1, 1) < target.view(1, 1, -1)
-                    if classes_first
-                    else classes.view(1, 1, -1) < target.view(1, -1, 1)
-                )
-                earlier = ((out == top) & lower).any(dim=cdim)
-                top = top.squeeze(cdim)
-                correct = (picked == top) & ~earlier
-                cols.append(correct.to(out.dtype).sum(dim=-1))
+                ismax = out == top
+                if int(ismax.sum(dim=cdim).amax()) <= 1:
+                    # At most one maximum per sample (no ties): correct iff it is the
+                    # target's (a sample with NaN logits has none, and is not correct).
+                    correct = ismax.reshape(p, -1).to(out.dtype) @ onehot
+                else:
+                    # Ties: also no lower class index may reach the maximum.
+                    picked = out.gather(cdim, index.expand(*full))
+                    classes = torch.arange(c, device=out.device)
+                    lower = (
+                        classes.view(1, -1, 1) < target.view(1, 1, -1)
+                        if classes_first
+                        else classes.view(1, 1, -1) < target.view(1, -1, 1)
+                    )
+                    earlier = (ismax & lower).any(dim=cdim)
+                    hit = (picked.squeeze(cdim) == top.squeeze(cdim)) & ~earlier
+                    correct = hit.to(out.dtype).sum(dim=-1)
+            # With s = out − max (in place when the caller gave ``out`` up), the loss is
+            # Σ_n log Σ_c exp s[c, n] − Σ_n s[y_n, n]: two sums of small terms near a
+            # minimum (no cancellation), the second one matrix-vector product with the
+            # targets' one-hot mask, a fraction of a gather's cost on CPU.
+            shifted = out.sub_(top) if owned else out - top
+            picked_sum = shifted.reshape(p, -1) @ onehot
+            if bool(picked_sum.isnan().any()):
+                # 0 · −inf is NaN: a point with a −inf logit outside the targets (its loss
+                # may be finite) takes the gather.
+                picked_sum = shifted.gather(cdim, index.expand(*full)).sum(dim=(1, 2))
+            lse_sum = shifted.exp_().sum(dim=cdim).log_().sum(dim=-1)
+            cols = [lse_sum - picked_sum]
+            if self.metrics:
+                cols.append(correct)
             return torch.stack(cols, dim=1)
         if type(crit) is nn.BCEWithLogitsLoss and crit.weight is None and crit.pos_weight is None:
             if not (self.metrics == {} or self.metrics == {"accuracy": binary_accuracy}):
