@@ -322,7 +322,18 @@ _AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def affine_plan(land: Landscape) -> _AffinePlan | None:
-    """How to split the model for the affine first-layer shortcut, or ``None``."""
+    """How to split the model for the affine first-layer shortcut, or ``None`` (worked
+    out once per landscape: its model's structure and mode do not change)."""
+    key = (land.criterion is None, land.train_mode)
+    cached = getattr(land, "_affine_plan", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    plan = _affine_plan(land)
+    land._affine_plan = (key, plan)  # type: ignore[attr-defined]
+    return plan
+
+
+def _affine_plan(land: Landscape) -> _AffinePlan | None:
     model = land.model
     if land.criterion is None or land.train_mode:
         return None
@@ -355,7 +366,11 @@ def affine_plan(land: Landscape) -> _AffinePlan | None:
 class _Evaluator:
     """Evaluates a chunk of points on one batch with a given strategy."""
 
-    def __init__(self, land: Landscape, points: PointSet, strategy: str) -> None:
+    def __init__(
+        self, land: Landscape, points: PointSet, strategy: str, share: _Evaluator | None = None
+    ) -> None:
+        """``share``: an evaluator of the same points whose first-layer precomputation
+        (the affine strategies' per-batch products) this one reuses."""
         self.land = land
         self.points = points
         self.strategy = strategy
@@ -367,6 +382,8 @@ class _Evaluator:
                 "use strategy='auto'"
             )
         self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
+        if share is not None and share.points is points:
+            self._cache = share._cache
         self._bufs: dict[int, Tensor] = {}
         self._scratch = _Scratch()
         self._zt: dict[int, Tensor] = {}
@@ -775,9 +792,10 @@ def _choose(
     Where the affine plan applies, ``affine-vmap`` and ``affine`` do strictly less work
     than ``vmap`` and ``loop`` (the same computation without the first layer), so the
     latter are not timed. With data held in memory each candidate evaluates the real
-    first chunk of the run it would make (after a small warm-up), and the winner's rows
-    are kept, so the trial costs only the loser's share; with streamed data the trial
-    times one batch. The choice is remembered on the landscape for later views of the
+    first chunk of the run it would make, and the winner's rows are kept, so the trial
+    costs only the loser's share (the affine candidates share their first-layer
+    products: the second does not recompute them); with streamed data the trial times
+    one batch after a small warm-up. The choice is remembered on the landscape for later views of the
     same kind.
     """
     if n < 16 or len(eligible) == 1:
@@ -792,6 +810,7 @@ def _choose(
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
     kept: dict[str, tuple[_Evaluator, np.ndarray, np.ndarray]] = {}
+    first: _Evaluator | None = None
     for s in candidates:
         if s not in eligible:
             continue
@@ -799,13 +818,17 @@ def _choose(
         # The run's first chunk (a one-point strategy: its first two points).
         idx = np.arange(min(n, size) if s.endswith("vmap") else min(n, size, 2))
         try:
-            ev = _Evaluator(land, points, s)
-            warm = idx[: min(len(idx), 2)]
-            ev(points.stacked(warm, ev.keys), warm, batch, cache=True)  # warm-up, precompute
+            ev = _Evaluator(land, points, s, share=first)
+            first = first or ev
             t0 = time.perf_counter()
             if streaming:
+                warm = idx[: min(len(idx), 2)]
+                ev(points.stacked(warm, ev.keys), warm, batch, cache=True)  # warm-up
+                t0 = time.perf_counter()
                 ev(points.stacked(idx, ev.keys), idx, batch, cache=False)
             else:
+                # No warm-up: the first candidate's time includes the first layer's
+                # products on the data (then shared), a few per cent of its chunk.
                 kept[s] = (ev, idx, _passes(ev, land, points, idx, dsets, cache=True).numpy())
             timings[s] = 1000 * (time.perf_counter() - t0) / len(idx)
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
