@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import lossmap as lm
+from lossmap import evaluate
 from lossmap.evaluate import Explicit, Span, chunks, run
 
 
@@ -68,16 +69,31 @@ def test_chunks() -> None:
         chunks(3, 0)
 
 
-@pytest.mark.parametrize("kind", ["bce", "mse", "ce-sum", "ce-no-metrics"])
-def test_batched_losses_match_the_loop(kind) -> None:
-    """The vmap-free batched path reduces known losses by formula: check each formula."""
+@pytest.mark.parametrize("tiles", [False, True])
+@pytest.mark.parametrize(
+    "kind", ["bce", "mse", "ce-sum", "ce-no-metrics", "ce-accuracy-deep", "ce-frozen-last"]
+)
+def test_batched_losses_match_the_loop(kind, tiles, monkeypatch) -> None:
+    """The vmap-free batched path reduces known losses by formula: check each formula,
+    on one tile and on CPU tiles of 8 points (the last one shorter), through a deeper
+    chain with an activation that has no in-place form, and with a frozen last layer
+    (shared weights, not per point)."""
+    if tiles:
+        monkeypatch.setattr(evaluate, "_TILE_BYTES", 1)  # the smallest tile: 8 points
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 4, generator=g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3 if kind.startswith("ce") else 1)
-        )
+        if kind == "ce-accuracy-deep":
+            model = nn.Sequential(
+                nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)
+            )
+        else:
+            model = nn.Sequential(
+                nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3 if kind.startswith("ce") else 1)
+            )
+        if kind == "ce-frozen-last":
+            model[2].requires_grad_(False)
     if kind == "bce":
         land = lm.Landscape(model, nn.BCEWithLogitsLoss(), data=(x, (x[:, :1] > 0).float()))
     elif kind == "mse":
@@ -93,12 +109,13 @@ def test_batched_losses_match_the_loop(kind) -> None:
             model,
             nn.CrossEntropyLoss(),
             data=(x, torch.randint(0, 3, (60,), generator=g)),
-            metrics={},
+            metrics={} if kind == "ce-no-metrics" else None,
         )
     d1, d2 = lm.directions.random(land, 2, seed=1)
     batched = lm.plane(land, d1, d2, steps=(5, 4), strategy="affine-vmap")
     loop = lm.plane(land, d1, d2, steps=(5, 4), strategy="loop")
     assert list(batched.values) == list(loop.values)
+    assert len(loop.values) == (1 if kind in ("mse", "ce-no-metrics") else 2)  # + accuracy
     for k in loop.values:
         np.testing.assert_allclose(
             batched.values[k], loop.values[k], rtol=1e-5, atol=1e-7, err_msg=k

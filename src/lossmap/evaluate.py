@@ -317,6 +317,7 @@ def _run_chain(
 
 
 _TILE_BYTES = 1 << 20  # the widest activation of a CPU tile of points (see _Evaluator)
+_TILED_CHUNK_BYTES = 1 << 26  # a tiled CPU chunk's outputs and loss scratch
 
 _AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -481,7 +482,7 @@ class _Evaluator:
             # cache: the same speed in steady state, a few MB less fresh memory to fault
             # in on a first run (costly on a VM), and the chunk's output stays small.
             tile = p
-            if z0.device.type == "cpu":
+            if z0.device.type == "cpu" and chain:  # (a lone layer: h is the output)
                 tile = min(p, max(8, _TILE_BYTES // (max(widths) * m * zt.element_size())))
             res = self._scratch.get("out", (p, widths[-1], m), zt) if tile < p else None
             for s0 in range(0, p, tile):
@@ -621,7 +622,7 @@ def _chunk_size(
             ds = next(iter(land.datasets.values()))
             biggest = max((batch_size(b) for b in ds.batches), default=1)  # type: ignore[union-attr]
             per_point = 3 * land.num_parameters * 4 + biggest * sizes[1] * 4
-            return int(max(1, min(1024, n, 2**26 // per_point, budget // per_point)))
+            return int(max(1, min(1024, n, _TILED_CHUNK_BYTES // per_point, budget // per_point)))
     if strategy.endswith("vmap"):
         return vchunk
     # Loops: many points per pass when streaming, so the loader runs rarely.
