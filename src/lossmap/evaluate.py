@@ -16,7 +16,12 @@ Strategies (``strategy=``):
   ``layer(X; W0 + Σ c_k D_k) = layer(X; W0) + Σ c_k layer(X; D_k)`` is computed once
   per batch and every point only runs the rest of the network; wins where compute
   dominates.
-- ``"affine-vmap"``: both.
+- ``"affine-vmap"``: both. Where the rest is linear layers and elementwise
+  activations on ``[N, features]`` inputs (MLPs), it runs without vmap, features
+  first: the first layer for a chunk of points is one ``[1, c] @ [z0; z]`` product,
+  every later layer one batched ``W h + b``, the logits come out ``[P, C, N]``, and
+  known losses reduce by formula; on CPU the chunk runs in tiles of points whose
+  widest activation fits in ~1 MB of cache.
 - ``"auto"``: times the eligible strategies on the first points and keeps the fastest;
   the choice, the timings and the reason are recorded in the result's metadata.
 """
