@@ -1,0 +1,104 @@
+"""The ``lossmap`` command: parse, build a Landscape, call the library, write a run folder.
+
+A run folder holds the result files (``.h5``, ``.csv``), figures (``.png``, ``.pdf``)
+and ``run.json`` (arguments, versions, seed, timings, summary).
+
+One module per command (``slices``: line, plane, interpolate; ``connect``;
+``trajectory``; ``sharpness``; ``hessian``; ``plot``; ``demo``; ``runs``: status,
+rerun) around ``_common`` (the app, options, run folder) and ``_load`` (models and
+checkpoints); :func:`main` turns every failure into one line and an exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+from typing import Any
+
+import typer
+
+from lossmap.cli._common import _RUN, CliError, app
+
+# The commands register themselves on ``app`` in this order (``lossmap --help``).
+# isort: off
+from lossmap.cli import slices, connect, trajectory, sharpness, hessian  # noqa: F401
+from lossmap.cli import plot, demo, runs  # noqa: F401
+
+# isort: on
+
+__all__ = ["app", "main"]
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
+    SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
+    _RUN.update(argv=list(sys.argv[1:] if argv is None else argv), journal=None, signal=None)
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        # Without standalone mode typer returns exit codes: Ctrl-C/SIGTERM become 130.
+        if rc == 130:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except (CliError, ValueError, TypeError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except sqlite3.Error as e:  # the journal: disk full, or a file that is not ours
+        where = _RUN.get("journal") or "the run journal"
+        typer.echo(
+            f"error: could not write {where}: {e}; free space or choose another --out", err=True
+        )
+        sys.exit(1)
+    except OSError as e:  # disk full, permissions, ... while writing
+        name = f" {e.filename}" if getattr(e, "filename", None) else ""
+        typer.echo(
+            f"error: could not write{name}: {e.strerror or e}; free space or choose another --out",
+            err=True,
+        )
+        sys.exit(1)
+    except typer.TyperException as e:  # usage errors: bad option values, unknown options
+        ctx = getattr(e, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        typer.echo(f"error: {e.format_message()} (see: lossmap{command} --help)", err=True)
+        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        where = _RUN.get("journal")
+        typer.echo(
+            "interrupted"
+            + (
+                f": finished points are saved in {where}; run the same command again to resume"
+                if where
+                else ""
+            ),
+            err=True,
+        )
+        sys.exit(143 if _RUN.get("signal") == signal.SIGTERM else 130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("LOSSMAP_DEBUG"):
+            raise
+        typer.echo(
+            f"error: internal error {type(e).__name__}: {e} (a bug in lossmap; set "
+            "LOSSMAP_DEBUG=1 for the traceback and please report it)",
+            err=True,
+        )
+        sys.exit(3)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    main()

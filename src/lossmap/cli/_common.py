@@ -1,0 +1,356 @@
+"""Shared by the commands: the typer app, option types, and the run folder (journal,
+progress bars, result files, ``run.json``)."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Loss landscape analysis: lines, planes and paths through parameter space.",
+)
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# What main() needs to report an interruption and what run.json records of the call.
+_RUN: dict[str, Any] = {"argv": [], "journal": None}
+
+
+class Example(str, enum.Enum):
+    digits = "digits"
+    linear = "linear"
+    logistic = "logistic"
+
+
+class Norm(str, enum.Enum):
+    filter = "filter"
+    layer = "layer"
+    model = "model"
+    unit = "unit"
+    none = "none"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# ---------------------------------------------------------------- options
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="'package.module:factory' returning a Landscape or (model, criterion, data).",
+    ),
+]
+
+
+ExampleOpt = Annotated[
+    Example | None, typer.Option("--example", help="A built-in problem instead of --model.")
+]
+
+
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="A state dict to take θ0 from (weights_only).")
+]
+
+
+SpanOpt = Annotated[tuple[float, float], typer.Option("--span", help="Coordinate range LO HI.")]
+
+
+NormOpt = Annotated[
+    Norm, typer.Option("--normalization", help="Direction normalisation (Li et al. 2018).")
+]
+
+
+IgnoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--ignore", help="Comma-separated: bias, norm, or parameter-name globs; '' for none."
+    ),
+]
+
+
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random directions.")]
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device")]
+
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
+
+
+LogOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--log/--linear",
+        help="Colour/height scale of loss figures (default: log when the loss spans decades).",
+    ),
+]
+
+
+RestartOpt = Annotated[
+    bool,
+    typer.Option("--restart", help="Discard what the run folder's journal holds; start afresh."),
+]
+
+
+ChunkOpt = Annotated[
+    int | None, typer.Option("--chunk-size", min=1, help="Points per chunk (default: by memory).")
+]
+
+
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow checkpoints that need full unpickling (this runs code from the file).",
+    ),
+]
+
+
+CkptKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint-key", help="Where the state dict sits in the checkpoint, e.g. 'state_dict'."
+    ),
+]
+
+
+MaxHoursOpt = Annotated[
+    float, typer.Option("--max-hours", min=0, help="Refuse grids estimated to take longer.")
+]
+
+
+StrategyOpt = Annotated[
+    str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
+]
+
+
+def _human(seconds: float) -> str:
+    for unit, n in (("years", 3.15e7), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= n:
+            return f"{seconds / n:,.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: float) -> None:
+    from lossmap.slices import MAX_POINTS
+
+    total = steps**n_axes
+    est = total * secs_per_point
+    if total > MAX_POINTS or est > max_hours * 3600:
+        grid = " x ".join([str(steps)] * n_axes)
+        raise CliError(
+            f"a {grid} grid is {total:,} points: about {_human(est)} at the "
+            f"{1e3 * secs_per_point:.3g} ms one point took here; use fewer --steps "
+            f"(limits: {MAX_POINTS:,} points, --max-hours {max_hours:g})"
+        )
+
+
+def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
+    import lossmap
+    from lossmap.store import Journal, JournalMismatch
+
+    # Another lossmap version may compute other values: never mix them in one run.
+    fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
+    try:
+        j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
+    except JournalMismatch as e:
+        raise CliError(str(e)) from None
+    _RUN["journal"] = j.path
+    return j
+
+
+def _prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(
+            f"--out {out} cannot be created ({e.strerror}); choose a writable folder"
+        ) from None
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out {out} is not writable; choose a writable folder")
+    return out
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar with ETA (to stderr), fed by the engine's ``progress(done, total)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from lossmap.results import _jsonable, atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    import csv
+
+    from lossmap.results import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _save_result(result: Any, out: Path, name: str, *, log: bool | None = None) -> list[Path]:
+    from lossmap import plot
+
+    files = [result.save(out / f"{name}.h5"), result.to_csv(out / f"{name}.csv")]
+    files += plot.figures(result, out, prefix=f"{name}_", log=log)
+    return files
+
+
+def _summary_lines(result: Any, name: str) -> list[str]:
+    lines = []
+    for key in result.values:
+        if not key.endswith("/loss") and not key.endswith("/accuracy"):
+            continue
+        s = result.summary(key)
+        at = f"{s['at_theta0']:.4g} at θ0, " if "at_theta0" in s else ""
+        rng = f"min {s['min']:.4g}, max {s['max']:.4g}" if "min" in s else "no finite values"
+        nan = f", {s['nonfinite']} non-finite" if s["nonfinite"] else ""
+        lines.append(f"  {name} {key}: {at}{rng}{nan}")
+    return lines
+
+
+def _versions() -> dict[str, str]:
+    from lossmap.slices import versions
+
+    return versions()
+
+
+def _record(
+    out: Path,
+    command: str,
+    args: dict[str, Any],
+    results: dict[str, Any],
+    files: list[Path],
+    t0: float,
+    **extra: Any,
+) -> None:
+    _write_json(
+        out / "run.json",
+        {
+            "command": command,
+            "arguments": args,
+            "versions": _versions(),
+            "seconds": time.perf_counter() - t0,
+            "results": {k: {"summary": r.summary(), "meta": r.meta} for k, r in results.items()},
+            **extra,
+            "files": sorted(str(f.relative_to(out)) for f in files),
+        },
+    )
+
+
+def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it.
+
+    Hashes the fingerprint already holds (of θ0, of the data) are not computed again."""
+    from lossmap.store import hash_tensors
+
+    fp = fingerprint or {}
+    return {
+        "argv": list(_RUN["argv"]),
+        "cwd": os.getcwd(),
+        "device": str(land.device),
+        "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
+        "data_sha256": fp.get("data") or _data_hash(land),
+        "fingerprint": fingerprint,
+    }
+
+
+def _echo(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+def _data_hash(land: Any) -> dict[str, str]:
+    """A hash of each data set held in memory (streamed sets: their batch count)."""
+    from lossmap.store import hash_tensors
+
+    out = {}
+    for name, ds in land.datasets.items():
+        if ds.in_memory:
+            tensors = [t for b in ds.batches for t in (b if isinstance(b, tuple | list) else [b])]
+            tensors = [t for t in tensors if hasattr(t, "detach")]
+            out[name] = hash_tensors(tensors)
+        else:
+            out[name] = "streamed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _ignore(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) -> Any:
+    import lossmap as lm
+
+    return lm.directions.random(
+        land, n, normalization=normalization.value, ignore=_ignore(ignore), seed=seed
+    )
+
+
+def _barrier_line(name: str, barriers: Mapping[str, Any]) -> str:
+    parts = [
+        f"{k} {v['height']:.4g} (Frankle {v['height_frankle']:.4g})" for k, v in barriers.items()
+    ]
+    return f"  barrier along the {name}: " + "; ".join(parts)

@@ -1,0 +1,291 @@
+"""Building the landscape from ``--model``/``--example``, loading checkpoints safely
+(``weights_only``, nested and prefixed state dicts), and the check at θ0 that runs
+before any long work."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lossmap.cli._common import CliError, Device, Example
+
+
+# ----------------------------------------------------------------- helpers
+def _device(device: Device) -> str | None:
+    import torch
+
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise CliError("--device cuda was given but no GPU is available; use --device cpu")
+    if device is Device.auto:
+        return "cuda" if torch.cuda.is_available() else None
+    return device.value
+
+
+def _example(name: Example) -> Any:
+    from lossmap import examples
+
+    makers: dict[Example, Callable[[], Any]] = {
+        Example.digits: examples.digits_mlp,
+        Example.linear: examples.linear_regression,
+        Example.logistic: examples.logistic_regression,
+    }
+    return makers[name]()
+
+
+def _import_factory(spec: str) -> Callable[[], Any]:
+    """``pkg.module:factory`` or ``path/to/file.py:factory``."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise CliError(
+            f"--model {spec!r} must look like 'package.module:factory' or 'file.py:factory'"
+        )
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise CliError(f"--model: no file {path}; check the path")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise CliError(f"--model: cannot load {path} as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[path.stem] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            raise CliError(f"--model: importing {path} failed: {type(e).__name__}: {e}") from None
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            raise CliError(
+                f"--model: cannot import {mod_name!r} ({e}); run from its folder, set PYTHONPATH, "
+                "or give a file path 'path/to/file.py:factory'"
+            ) from None
+        except Exception as e:
+            raise CliError(
+                f"--model: importing {mod_name!r} failed: {type(e).__name__}: {e}"
+            ) from None
+    if not hasattr(module, attr):
+        public = [n for n in dir(module) if not n.startswith("_")][:10]
+        raise CliError(f"--model: {mod_name!r} has no attribute {attr!r}; it has {public}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise CliError(f"--model: {spec!r} is not callable; point it at a function")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_landscape(model: str | None, example: Example | None, device: Device) -> Any:
+    """The Landscape named by ``--model`` (a factory) or ``--example``."""
+    import lossmap as lm
+
+    if (model is None) == (example is None):
+        raise CliError("give exactly one of --model package.module:factory or --example NAME")
+    dev = _device(device)
+    if example is not None:
+        land = _example(example)
+        return land if dev is None or str(land.device) == dev else _rebuild(land, dev)
+    factory = _import_factory(str(model))
+    try:
+        made = factory()
+    except Exception as e:
+        raise CliError(f"--model: the factory {model!r} raised {type(e).__name__}: {e}") from None
+    if isinstance(made, lm.Landscape):
+        return made if dev is None or str(made.device) == dev else _rebuild(made, dev)
+    if isinstance(made, tuple) and len(made) == 3:
+        net, criterion, data = made
+        try:
+            return lm.Landscape(net, criterion, data=data, device=dev)
+        except (TypeError, ValueError) as e:
+            raise CliError(
+                f"--model: the factory's (model, criterion, data) are unusable: {e}"
+            ) from None
+    raise CliError(
+        f"--model: the factory {model!r} returned {type(made).__name__}; it must return a "
+        "lossmap.Landscape or a tuple (model, criterion, data)"
+    )
+
+
+def _rebuild(land: Any, device: str) -> Any:
+    import lossmap as lm
+
+    data = {k: (ds.batches if ds.in_memory else ds.loader) for k, ds in land.datasets.items()}
+    return lm.Landscape(
+        land.model,
+        land.criterion,
+        data=data,
+        loss=land.loss_fn,
+        metrics=land.metrics,
+        device=device,
+        train_mode=land.train_mode,
+    )
+
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+def _is_state(obj: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _is_whole_pickle(path: Path) -> bool:
+    """Whether the file parses as one complete pickle (read with ``pickletools``, which
+    only lists opcodes and runs nothing)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+    except Exception:
+        return False
+    return True
+
+
+def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) -> dict[str, Any]:
+    """A state dict from a checkpoint file, loaded with ``weights_only=True``.
+
+    Recognises state dicts nested in training checkpoints (``{"model": ...}``,
+    ``{"state_dict": ...}`` as Lightning writes them; ``key`` names the place
+    explicitly, dotted for deeper levels: ``"ema.model"``). ``trust=True`` allows full
+    unpickling, which runs code from the file: only for files the user trusts.
+    """
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CliError(f"--checkpoint: no file {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        raw_pickle = _is_whole_pickle(path)
+        if raw_pickle and "Unsupported global" not in text:
+            raise CliError(
+                f"--checkpoint {path} is a plain pickle, which could run code when loaded; "
+                "re-save it with torch.save(model.state_dict(), path), or pass "
+                "--trust-checkpoint if you trust the file"
+            ) from None
+        if "Unsupported global" not in text:  # not a pickle of objects: a damaged file
+            detail = next(
+                (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "bad data"
+            )
+            raise CliError(
+                f"--checkpoint {path} is not a readable PyTorch file ({detail}); is it truncated or corrupt?"
+            ) from None
+        name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
+        raise CliError(
+            f"--checkpoint {path} holds pickled Python objects ({name}), which could run code when "
+            "loaded; save a plain state_dict (torch.save(model.state_dict(), path)), or pass "
+            "--trust-checkpoint if you trust the file"
+        ) from None
+    except Exception as e:
+        raise CliError(
+            f"--checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'}); "
+            "is it truncated or corrupt?"
+        ) from None
+    if key is not None:
+        for part in key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                have = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+                raise CliError(
+                    f"--checkpoint-key {key!r}: {part!r} is not in {path} (it has {have})"
+                )
+            obj = obj[part]
+    elif isinstance(obj, Mapping) and not _is_state(obj):
+        inner = [
+            k
+            for k in _NESTED_KEYS
+            if _is_state(obj.get(k)) or isinstance(obj.get(k), torch.nn.Module)
+        ]
+        if inner:
+            obj = obj[inner[0]]
+    if isinstance(obj, torch.nn.Module):  # only loadable with --trust-checkpoint
+        obj = obj.state_dict()
+    if not _is_state(obj):
+        hint = (
+            f"; its keys are {list(obj)[:8]}: name the state dict with --checkpoint-key"
+            if isinstance(obj, Mapping)
+            else "; save model.state_dict()"
+        )
+        raise CliError(
+            f"--checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors{hint}"
+        )
+    return dict(obj)
+
+
+def _align_prefix(sd: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """Strip a prefix every key shares (DataParallel's ``module.``, Lightning's
+    ``model.``) when that makes the keys those of the model."""
+    if set(sd) <= expected or not sd:
+        return sd
+    first = next(iter(sd))
+    parts = first.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i]) + "."
+        if all(k.startswith(prefix) for k in sd):
+            stripped = {k[len(prefix) :]: v for k, v in sd.items()}
+            if set(stripped) & expected:
+                return stripped
+    return sd
+
+
+def with_checkpoint(
+    land: Any, checkpoint: Path | None, *, key: str | None = None, trust: bool = False
+) -> Any:
+    if checkpoint is None:
+        return land
+    if trust:
+        typer.echo(
+            f"warning: loading {checkpoint} with full unpickling (--trust-checkpoint)", err=True
+        )
+    sd = load_checkpoint(checkpoint, key=key, trust=trust)
+    sd = _align_prefix(sd, set(land._params0) | set(land._fixed0))
+    try:
+        return land.at(sd)
+    except ValueError as e:
+        raise CliError(f"--checkpoint {checkpoint}: {e}") from None
+
+
+def _check_theta0(land: Any) -> float:
+    """Evaluate θ0 once on every data set before the long work: seconds per point.
+
+    A model that cannot run on its data, or whose loss at θ0 is not finite, is refused
+    here in one line rather than after hours of NaN.
+    """
+    t = time.perf_counter()
+    try:
+        vals = land.evaluate([land._params0], strategy="loop")
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail"
+        raise CliError(
+            f"evaluating the model at θ0 failed ({type(e).__name__}: {msg}); check that the "
+            "data fit the model and the criterion (input shapes, labels in [0, classes))"
+        ) from None
+    secs = time.perf_counter() - t
+    for k, v in vals.items():
+        if k.endswith("/loss") and not math.isfinite(float(v[0])):
+            raise CliError(
+                f"the {k} at θ0 is {float(v[0])}; check the checkpoint and the data "
+                "(a diverged model, NaN inputs, or a loss that overflows)"
+            )
+    return secs

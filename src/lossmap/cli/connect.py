@@ -1,0 +1,159 @@
+"""``lossmap connect``: the path between two checkpoints, straight or fitted."""
+
+from __future__ import annotations
+
+import enum
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lossmap.cli._common import (
+    CkptKeyOpt,
+    CliError,
+    Device,
+    DeviceOpt,
+    Example,
+    ExampleOpt,
+    ModelOpt,
+    OutOpt,
+    RestartOpt,
+    SeedOpt,
+    TrustOpt,
+    _barrier_line,
+    _data_hash,
+    _echo,
+    _open_journal,
+    _prepare_out,
+    _progress,
+    _provenance,
+    _record,
+    _save_result,
+    app,
+)
+from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+
+
+class CurveOpt(str, enum.Enum):
+    bezier = "bezier"
+    polychain = "polychain"
+    none = "none"
+
+
+def _pair(
+    land: Any,
+    checkpoint_a: Path | None,
+    checkpoint_b: Path | None,
+    example: Example | None,
+    key: str | None,
+    trust: bool,
+) -> tuple[Any, Any]:
+    """The two endpoints: two checkpoints, or (built-in digits) a second seed's training."""
+    if (checkpoint_a is None) != (checkpoint_b is None):
+        raise CliError("give two checkpoints (CKPT_A CKPT_B), or none with --example digits")
+    if checkpoint_a is not None and checkpoint_b is not None:
+        la = with_checkpoint(land, checkpoint_a, key=key, trust=trust)
+        lb = with_checkpoint(land, checkpoint_b, key=key, trust=trust)
+        return la, lb
+    if example is not Example.digits:
+        raise CliError(
+            "without checkpoints only --example digits has a second endpoint (another seed); "
+            "pass CKPT_A CKPT_B"
+        )
+    from lossmap import examples
+
+    other = examples.digits_mlp(seed=1)
+    return land, land.at(dict(other.model.state_dict()))
+
+
+@app.command()
+def connect(
+    checkpoint_a: Annotated[Path | None, typer.Argument(help="State dict at t = 0.")] = None,
+    checkpoint_b: Annotated[Path | None, typer.Argument(help="State dict at t = 1.")] = None,
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    curve: Annotated[
+        CurveOpt, typer.Option("--curve", help="Fit a Garipov et al. curve, or none.")
+    ] = CurveOpt.bezier,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Curve-fitting epochs.")] = 20,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Curve-fitting step size.")] = 0.1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Points along each path.")] = 41,
+    span: Annotated[
+        tuple[float, float],
+        typer.Option("--span", help="t range of the straight path (must contain 0 and 1)."),
+    ] = (-0.5, 1.5),
+    reset_bn: Annotated[
+        bool, typer.Option("--reset-bn", help="Recompute BatchNorm statistics along the line.")
+    ] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    out: OutOpt = Path("runs/connect"),
+    restart: RestartOpt = False,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Paths between two minima: the straight line's barrier and a fitted low-loss curve.
+
+    With BatchNorm, the curve is fitted in train mode and each of its points is
+    evaluated with statistics recomputed there; ``--reset-bn`` does the same for the
+    straight path (otherwise it uses the landscape's statistics at every t)."""
+    import lossmap as lm
+    from lossmap.store import hash_tensors
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    out = _prepare_out(out)
+    land = build_landscape(model, example, device)
+    la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
+    for end in (la, lb):
+        _check_theta0(end)
+    a, b = la.point(), lb.point()
+    with _progress("straight path") as progress:
+        progress(0, 1)
+        line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
+        progress(1, 1)
+    results: dict[str, Any] = {"path": line}
+    files = _save_result(line, out, "path")
+    lines = [_barrier_line("straight", line.meta["barrier"])]
+    extra: dict[str, Any] = {"barrier_line": line.meta["barrier"]}
+    if curve is not CurveOpt.none:
+        fp = {
+            "command": "connect",
+            "model": model,
+            "example": example,
+            "curve": curve.value,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "a": hash_tensors(a),
+            "b": hash_tensors(b),
+            "data": _data_hash(land),
+        }
+        journal = _open_journal(out, fp, restart)
+        try:
+            with _progress(f"{curve.value} curve") as progress:
+                fit = lm.connect.curve(
+                    la,
+                    a,
+                    b,
+                    kind=curve.value,
+                    epochs=epochs,
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=seed,
+                    steps=steps,
+                    journal=journal,
+                    progress=progress,
+                )
+        finally:
+            journal.close()
+        c = fit.to_curve("curve")
+        results["curve"] = c
+        files += _save_result(c, out, "curve")
+        lines.append(_barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
+        extra["barrier_curve"] = fit.meta["barrier"]["curve"]
+    _record(out, "connect", args, results, files, t0, **extra, **_provenance(la))
+    _echo([*lines, f"wrote {out}/ ({len(files)} files)"])

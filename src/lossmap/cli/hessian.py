@@ -1,0 +1,197 @@
+"""``lossmap hessian``: top eigenvalues, trace and spectral density."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lossmap.cli._common import (
+    CheckpointOpt,
+    CkptKeyOpt,
+    CliError,
+    Device,
+    DeviceOpt,
+    ExampleOpt,
+    ModelOpt,
+    OutOpt,
+    RestartOpt,
+    SeedOpt,
+    TrustOpt,
+    _data_hash,
+    _echo,
+    _open_journal,
+    _prepare_out,
+    _progress,
+    _provenance,
+    _sha256,
+    _versions,
+    _write_json,
+    _write_rows,
+    app,
+)
+from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+
+
+def _curvature(
+    land: Any,
+    *,
+    k: int,
+    trace_method: str,
+    trace_matvecs: int,
+    steps: int,
+    probes: int,
+    seed: int,
+    bottom_k: int | None = None,
+    journal: Any = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Top-k and bottom eigenvalues, trace and density; the Spectrum carries them in meta.
+
+    The bottom of a trained network's spectrum is a cluster near 0: resolving ``k``
+    values there takes many more HVPs than the top (``bottom_k`` limits it)."""
+    from lossmap import hessian as H
+
+    t0 = time.perf_counter()
+    op = H.HessianOperator(land)
+    k = min(k, land.num_parameters)
+    with _progress("curvature") as progress:
+        progress(0, 4)
+        top = H.eigenvalues(op, k, which="LA", seed=seed)
+        progress(1, 4)
+        bottom = H.eigenvalues(op, min(k, bottom_k or k), which="SA", seed=seed)
+        progress(2, 4)
+        tr = H.trace(op, method=trace_method, matvecs=trace_matvecs, seed=seed)
+        progress(3, 4)
+        sd = H.spectral_density(op, probes=probes, steps=steps, seed=seed, journal=journal)
+        progress(4, 4)
+    rows = [
+        {
+            "which": w,
+            "rank": i + 1,
+            "eigenvalue": float(v),
+            "residual": float(r),
+            "converged": e.converged,
+        }
+        for w, e in (("largest", top), ("smallest", bottom))
+        for i, (v, r) in enumerate(zip(e.values, e.residuals, strict=True))
+    ]
+    sd.meta.update(
+        {
+            "top": top.values.tolist(),
+            "bottom": bottom.values.tolist(),
+            "eigen_matvecs": {"top": top.matvecs, "bottom": bottom.matvecs},
+            "trace": tr.value,
+            "trace_stderr": tr.stderr,
+            "trace_method": tr.method,
+            "trace_matvecs": tr.matvecs,
+            "density_matvecs": sd.matvecs,
+            "hvps": op.matvecs,
+            "ms_per_hvp": 1000 * op.seconds / max(1, op.matvecs),
+            "seconds": time.perf_counter() - t0,
+            "n_parameters": land.num_parameters,
+            "dataset": land.default_dataset,
+            "versions": _versions(),
+        }
+    )
+    return sd, rows
+
+
+def _write_curvature(sd: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    from lossmap import plot as lplot
+
+    files = [sd.save(out / "spectrum.h5"), _write_rows(rows, out / "eigenvalues.csv")]
+    files += lplot.figures(sd, out)
+    return files
+
+
+def _curvature_lines(sd: Any) -> list[str]:
+    m = sd.meta
+    fmt = ", ".join(f"{v:.4g}" for v in m["top"])
+    return [
+        f"  curvature ({m['dataset']}, {m['hvps']} HVPs, {m['ms_per_hvp']:.3g} ms each):",
+        f"    top eigenvalues: {fmt}",
+        f"    most negative: {min(m['bottom']):.4g}",
+        f"    trace: {m['trace']:.4g} ± {m['trace_stderr']:.2g} ({m['trace_method']}, {m['trace_matvecs']} HVPs)",
+    ]
+
+
+@app.command()
+def hessian(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="How many eigenvalues at each end.")] = 5,
+    trace_method: Annotated[
+        str, typer.Option("--trace-method", help="xtrace, hutch++ or hutchinson.")
+    ] = "xtrace",
+    trace_matvecs: Annotated[int, typer.Option("--trace-matvecs", min=6)] = 90,
+    density_steps: Annotated[int, typer.Option("--density-steps", min=2)] = 100,
+    probes: Annotated[int, typer.Option("--probes", min=1)] = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    out: OutOpt = Path("runs/hessian"),
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    restart: RestartOpt = False,
+) -> None:
+    """Curvature at θ0: extreme Hessian eigenvalues, trace and eigenvalue density."""
+    t0 = time.perf_counter()
+    args = dict(locals())
+    if trace_method not in ("xtrace", "hutch++", "hutchinson"):
+        raise CliError(
+            f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
+        )
+    out = _prepare_out(out)
+    land = with_checkpoint(
+        build_landscape(model, example, device),
+        checkpoint,
+        key=checkpoint_key,
+        trust=trust_checkpoint,
+    )
+    _check_theta0(land)
+    if k > land.num_parameters:
+        raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
+    from lossmap.store import hash_tensors
+
+    fp = {
+        "command": "hessian",
+        "model": model,
+        "example": example,
+        "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
+        "theta0": hash_tensors(land._params0),
+        "data": _data_hash(land),
+        "density_steps": density_steps,
+        "seed": seed,
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        sd, rows = _curvature(
+            land,
+            k=k,
+            trace_method=trace_method,
+            trace_matvecs=trace_matvecs,
+            steps=density_steps,
+            probes=probes,
+            seed=seed,
+            journal=journal,
+        )
+    finally:
+        journal.close()
+    files = _write_curvature(sd, rows, out)
+    _write_json(
+        out / "run.json",
+        {
+            "command": "hessian",
+            "arguments": args,
+            "versions": _versions(),
+            "seconds": time.perf_counter() - t0,
+            "curvature": sd.meta,
+            "eigenvalues": rows,
+            "files": sorted(str(f.relative_to(out)) for f in files),
+            **_provenance(land, fp),
+        },
+    )
+    _echo([*_curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])

@@ -1,0 +1,211 @@
+"""``lossmap line``, ``lossmap plane`` and ``lossmap interpolate``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lossmap.cli._common import (
+    CheckpointOpt,
+    ChunkOpt,
+    CkptKeyOpt,
+    Device,
+    DeviceOpt,
+    ExampleOpt,
+    IgnoreOpt,
+    LogOpt,
+    MaxHoursOpt,
+    ModelOpt,
+    Norm,
+    NormOpt,
+    OutOpt,
+    RestartOpt,
+    SeedOpt,
+    SpanOpt,
+    StrategyOpt,
+    TrustOpt,
+    _check_budget,
+    _data_hash,
+    _directions,
+    _echo,
+    _open_journal,
+    _prepare_out,
+    _progress,
+    _provenance,
+    _record,
+    _save_result,
+    _sha256,
+    _summary_lines,
+    app,
+)
+from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+
+
+def _random_slice(view: str, args: dict[str, Any]) -> None:
+    """``lossmap line`` / ``lossmap plane``: validate, build, evaluate (resumably), write."""
+    import lossmap as lm
+    from lossmap.store import hash_tensors
+
+    t0 = time.perf_counter()
+    n = 1 if view == "line" else 2
+    lm.slices.parse_span(args["span"], n)
+    out = _prepare_out(args["out"])
+    land = with_checkpoint(
+        build_landscape(args["model"], args["example"], args["device"]),
+        args["checkpoint"],
+        key=args["checkpoint_key"],
+        trust=args["trust_checkpoint"],
+    )
+    dirs = _directions(land, n, args["normalization"], args["ignore"], args["seed"])
+    _check_budget(args["steps"], n, _check_theta0(land), args["max_hours"])
+    fp = {
+        "command": view,
+        **{
+            k: args[k]
+            for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
+        },
+        "strategy": args["strategy"],
+        "checkpoint_sha256": _sha256(args["checkpoint"]) if args["checkpoint"] else None,
+        "theta0": hash_tensors(land._params0),
+        "directions": hash_tensors([t for d in dirs for t in d.values()]),
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, args["restart"])
+    kw = {
+        "span": args["span"],
+        "steps": args["steps"],
+        "strategy": args["strategy"],
+        "chunk_size": args["chunk_size"],
+        "journal": journal,
+    }
+    try:
+        with _progress(view) as progress:
+            r = (
+                lm.line(land, dirs[0], progress=progress, **kw)
+                if n == 1
+                else lm.plane(land, *dirs, progress=progress, **kw)
+            )
+    finally:
+        journal.close()
+    name = "line" if n == 1 else "surface"
+    files = _save_result(r, out, name, log=args["log"])
+    _record(out, view, args, {name: r}, files, t0, **_provenance(land, fp))
+    resumed = r.meta["engine"].get("resumed_points", 0)
+    note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
+    _echo([*_summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+def line(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    span: SpanOpt = (-1.0, 1.0),
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 51,
+    normalization: NormOpt = Norm.filter,
+    ignore: IgnoreOpt = "bias,norm",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/line"),
+    log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
+) -> None:
+    """The loss along one random (normalised) direction through θ0."""
+    _random_slice("line", dict(locals()))
+
+
+@app.command()
+def plane(
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    checkpoint: CheckpointOpt = None,
+    span: SpanOpt = (-1.0, 1.0),
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
+    normalization: NormOpt = Norm.filter,
+    ignore: IgnoreOpt = "bias,norm",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/plane"),
+    log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
+) -> None:
+    """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
+    _random_slice("plane", dict(locals()))
+
+
+@app.command()
+def interpolate(
+    checkpoint_a: Annotated[Path, typer.Argument(help="State dict at t = 0.")],
+    checkpoint_b: Annotated[Path, typer.Argument(help="State dict at t = 1.")],
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    span: SpanOpt = (-0.5, 1.5),
+    steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
+    device: DeviceOpt = Device.auto,
+    strategy: StrategyOpt = "auto",
+    out: OutOpt = Path("runs/interpolate"),
+    log: LogOpt = None,
+    restart: RestartOpt = False,
+    chunk_size: ChunkOpt = None,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
+) -> None:
+    """The loss on the straight line between two checkpoints (t from span[0] to span[1])."""
+    import lossmap as lm
+    from lossmap.store import hash_tensors
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    lm.slices.parse_span(span, 1)
+    out = _prepare_out(out)
+    land = build_landscape(model, example, device)
+    la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
+    lb = with_checkpoint(land, checkpoint_b, key=checkpoint_key, trust=trust_checkpoint)
+    _check_budget(steps, 1, max(_check_theta0(la), _check_theta0(lb)), max_hours)
+    fp = {
+        "command": "interpolate",
+        "model": model,
+        "example": example,
+        "span": span,
+        "steps": steps,
+        "strategy": strategy,
+        "checkpoint_sha256": [_sha256(checkpoint_a), _sha256(checkpoint_b)],
+        "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        with _progress("interpolate") as progress:
+            c = lm.interpolate(
+                la,
+                la.point(),
+                lb.point(),
+                span=span,
+                steps=steps,
+                strategy=strategy,
+                progress=progress,
+                chunk_size=chunk_size,
+                journal=journal,
+            )
+    finally:
+        journal.close()
+    files = _save_result(c, out, "path", log=log)
+    _record(out, "interpolate", args, {"path": c}, files, t0, **_provenance(la, fp))
+    _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])

@@ -1,0 +1,153 @@
+"""``lossmap trajectory``: a training path drawn over its PCA plane."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lossmap.cli._common import (
+    CkptKeyOpt,
+    CliError,
+    Device,
+    DeviceOpt,
+    Example,
+    ExampleOpt,
+    IgnoreOpt,
+    LogOpt,
+    MaxHoursOpt,
+    ModelOpt,
+    OutOpt,
+    RestartOpt,
+    SeedOpt,
+    TrustOpt,
+    _check_budget,
+    _data_hash,
+    _echo,
+    _ignore,
+    _open_journal,
+    _prepare_out,
+    _progress,
+    _provenance,
+    _record,
+    _save_result,
+    _summary_lines,
+    app,
+)
+from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+
+
+def _digits_trajectory(land: Any, epochs: int, seed: int) -> tuple[list[Any], list[float]]:
+    """Checkpoints of the built-in digits MLP, trained from scratch by plain SGD (no
+    optimizer state, so one epoch at a time is the same run), one per epoch."""
+    from torch import nn
+
+    from lossmap import examples, trajectory
+
+    model = examples.make_mlp([64, 128, 128, 10], seed=seed)
+    x, y = land.datasets[land.default_dataset].batches[0]
+    cps = [trajectory.snapshot(model)]
+    for epoch in range(epochs):
+        examples.train(
+            model,
+            nn.CrossEntropyLoss(),
+            x,
+            y,
+            epochs=1,
+            batch_size=64,
+            lr=0.1,
+            optimizer="sgd",
+            seed=seed * 1000 + epoch,
+        )
+        cps.append(trajectory.snapshot(model))
+    return cps, [float(e) for e in range(epochs + 1)]
+
+
+@app.command("trajectory")
+def trajectory_cmd(
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(help="Checkpoints in training order (>= 2).")
+    ] = None,
+    model: ModelOpt = None,
+    example: ExampleOpt = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Grid points per axis.")] = 41,
+    ignore: IgnoreOpt = "",
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Built-in digits: epochs to record.")
+    ] = 20,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    out: OutOpt = Path("runs/trajectory"),
+    log: LogOpt = None,
+    restart: RestartOpt = False,
+    checkpoint_key: CkptKeyOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    max_hours: MaxHoursOpt = 24.0,
+) -> None:
+    """A training path on the plane of its top two principal directions (Li et al. 2018)."""
+    from lossmap import plot as lplot
+    from lossmap import trajectory
+
+    t0 = time.perf_counter()
+    args = dict(locals())
+    out = _prepare_out(out)
+    land = build_landscape(model, example, device)
+    if checkpoints:
+        if len(checkpoints) < 2:
+            raise CliError(
+                f"a trajectory needs at least 2 checkpoints (got {len(checkpoints)}); pass the "
+                "checkpoints saved during training, in order"
+            )
+        cps = [
+            with_checkpoint(land, path, key=checkpoint_key, trust=trust_checkpoint)._params0
+            for path in checkpoints
+        ]
+        labels = [float(i) for i in range(len(cps))]
+    elif example is Example.digits:
+        cps, labels = _digits_trajectory(land, epochs, seed)
+    else:
+        raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
+    final = land.at(dict(cps[-1]))
+    _check_budget(steps, 2, _check_theta0(final), max_hours)
+    from lossmap.store import hash_tensors
+
+    fp = {
+        "command": "trajectory",
+        "model": model,
+        "example": example,
+        "steps": steps,
+        "ignore": ignore,
+        "checkpoints": hash_tensors([t for c in cps for t in c.values()]),
+        "data": _data_hash(land),
+        "device": str(land.device),
+    }
+    journal = _open_journal(out, fp, restart)
+    try:
+        with _progress("trajectory plane") as progress:
+            surf, coords = trajectory.pca_plane(
+                final,
+                cps,
+                steps=steps,
+                ignore=_ignore(ignore),
+                labels=labels,
+                progress=progress,
+                journal=journal,
+            )
+    finally:
+        journal.close()
+    files = _save_result(surf, out, "surface", log=log)
+    fig = lplot.trajectory(surf, log=log)
+    files += lplot.save(fig, out / "trajectory")
+    _record(out, "trajectory", args, {"surface": surf}, files, t0, **_provenance(final))
+    ev = surf.meta["trajectory"]["explained_variance_ratio"]
+    _echo(
+        [
+            f"  {len(cps)} checkpoints; PC1 {100 * ev[0]:.1f} %, PC2 {100 * ev[1]:.1f} % of the "
+            "path's variance",
+            f"  start at ({coords[0, 0]:.3g}, {coords[0, 1]:.3g}), final at (0, 0)",
+            *_summary_lines(surf, "plane"),
+            f"wrote {out}/ ({len(files)} files, trajectory.png)",
+        ]
+    )
