@@ -71,20 +71,23 @@ def test_chunks() -> None:
 
 @pytest.mark.parametrize("tiles", [False, True])
 @pytest.mark.parametrize(
-    "kind", ["bce", "mse", "ce-sum", "ce-no-metrics", "ce-accuracy-deep", "ce-frozen-last"]
+    "kind",
+    ["bce", "mse", "ce-sum", "ce-no-metrics", "ce-accuracy-deep", "ce-frozen-last", "ce-lone"],
 )
 def test_batched_losses_match_the_loop(kind, tiles, monkeypatch) -> None:
     """The vmap-free batched path reduces known losses by formula: check each formula,
     on one tile and on CPU tiles of 8 points (the last one shorter), through a deeper
     chain with an activation that has no in-place form, and with a frozen last layer
-    (shared weights, not per point)."""
+    (shared weights, not per point), and for a lone linear layer."""
     if tiles:
         monkeypatch.setattr(evaluate, "_TILE_BYTES", 1)  # the smallest tile: 8 points
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 4, generator=g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        if kind == "ce-accuracy-deep":
+        if kind == "ce-lone":  # softmax regression: the loss overwrites the first product
+            model = nn.Linear(4, 3)
+        elif kind == "ce-accuracy-deep":
             model = nn.Sequential(
                 nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)
             )
@@ -116,6 +119,7 @@ def test_batched_losses_match_the_loop(kind, tiles, monkeypatch) -> None:
     loop = lm.plane(land, d1, d2, steps=(5, 4), strategy="loop")
     assert list(batched.values) == list(loop.values)
     assert len(loop.values) == (1 if kind in ("mse", "ce-no-metrics") else 2)  # + accuracy
+    assert batched.meta["engine"]["strategy"] == "affine-vmap"
     for k in loop.values:
         np.testing.assert_allclose(
             batched.values[k], loop.values[k], rtol=1e-5, atol=1e-7, err_msg=k
@@ -206,3 +210,31 @@ def test_batched_accuracy_is_argmax_with_ties(classes_first: bool, case: str) ->
     torch.testing.assert_close(stats[:, 0], expected_loss, rtol=1e-6, atol=1e-5, equal_nan=True)
     if case == "ties":
         assert float(stats[0, 1]) == float((y == 0).sum())
+
+
+@pytest.mark.parametrize("classes_first", [True, False])
+def test_batched_cross_entropy_has_no_cancellation(classes_first: bool) -> None:
+    """Σ_n loss_n is reduced as Σ log Σ exp(s) − Σ s[y] with s = logits − max: small
+    terms near a minimum. Summing logsumexp and the target logits separately and then
+    subtracting would lose the loss to cancellation when logits are large (here all
+    offset by 1000, which cross-entropy ignores): ~1 % error instead of ~1e-7."""
+    g = torch.Generator().manual_seed(0)
+    n, c, p = 512, 3, 4
+    y = torch.randint(0, c, (n,), generator=g)
+    logits = torch.randn(p, n, c, generator=g)
+    logits[torch.arange(p)[:, None], torch.arange(n), y] += 5.0  # confident: loss ≈ 0.01
+    logits += 1000.0
+    land = lm.Landscape(nn.Linear(3, c), nn.CrossEntropyLoss(), data=(torch.randn(n, 3), y))
+    stats = land.batched_output_stats(
+        logits.transpose(1, 2).contiguous() if classes_first else logits.clone(),
+        y,
+        n,
+        classes_first=classes_first,
+        owned=True,
+    )
+    assert stats is not None
+    expected = torch.stack(
+        [nn.functional.cross_entropy(logits[i].double(), y, reduction="sum") for i in range(p)]
+    )
+    assert float(expected.min()) < 0.05 * n  # the regime that matters: a small loss
+    torch.testing.assert_close(stats[:, 0].double(), expected, rtol=2e-5, atol=0)
