@@ -74,6 +74,25 @@ def test_lanczos_matches_eigvalsh(digits_small, which, k) -> None:
         assert e.values[0] < 0  # a trained net still has negative curvature directions
 
 
+def test_lanczos_warm_start(digits_small) -> None:
+    """A start on the top eigenvector certifies it at once; a dict and its flat array
+    are the same start; a start that is zero, non-finite or mis-shaped is refused."""
+    land, ev = digits_small
+    cold = H.eigenvalues(land, 1, tol=1e-8)
+    warm = H.eigenvalues(land, 1, tol=1e-8, v0=cold.vectors[0])
+    np.testing.assert_allclose(warm.values, ev[-1], rtol=1e-7)
+    assert warm.matvecs <= 3 < cold.matvecs
+    flat = V.flatten(cold.vectors[0]).numpy()
+    again = H.eigenvalues(land, 1, tol=1e-8, v0=flat)
+    assert again.values[0] == warm.values[0] and again.matvecs == warm.matvecs
+    n = land.num_parameters
+    for bad in (np.zeros(n), np.full(n, np.nan), np.ones(n + 1)):
+        with pytest.raises(ValueError, match="v0 must be a finite, non-zero vector"):
+            H.eigenvalues(land, 1, v0=bad)
+    with pytest.raises(ValueError, match="v0 does not match"):
+        H.eigenvalues(land, 1, v0={"nope": torch.zeros(3)})
+
+
 def test_power_iteration_finds_the_top(digits_small) -> None:
     land, ev = digits_small
     p = H.power_iteration(land, 2, max_iter=500, tol=1e-9)

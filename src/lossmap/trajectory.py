@@ -219,6 +219,7 @@ def gradient_descent(
     seed: int = 0,
     stop_loss: float | None = None,
     callback: Callable[[int, float, float | None], None] | None = None,
+    warm_start: bool = True,
 ) -> SharpnessHistory:
     """Full-batch gradient descent from θ0, recording the loss and the sharpness λ_max.
 
@@ -242,6 +243,12 @@ def gradient_descent(
         stop_loss: stop early once the loss is below this value (or is not finite).
         callback: ``callback(step, loss, lambda_max or None)`` after each step's
             measurements (e.g. progress printing).
+        warm_start: start each Lanczos after the first from the previous top
+            eigenvector plus an equally weighted random unit vector (seeded by ``seed``
+            and the step). The top eigenvector moves little between measurements, so
+            this takes a fraction of the HVPs of a random start; the random half keeps
+            the top eigenvalue within reach when the top two swap, where a start on
+            the old vector alone would converge to the second.
 
     Returns:
         :class:`SharpnessHistory`.
@@ -267,6 +274,7 @@ def gradient_descent(
     cp_steps: list[int] = []
     cps: list[V.Vector] = []
     matvecs = 0
+    prev: np.ndarray | None = None  # the last top eigenvector (warm starts)
     t0 = time.perf_counter()
     for t in range(steps + 1):
         loss, g = _loss_and_grad(land, theta)
@@ -274,7 +282,13 @@ def gradient_descent(
         last = t == steps or not np.isfinite(loss) or (stop_loss is not None and loss < stop_loss)
         lam: float | None = None
         if sharpness_every and (t % sharpness_every == 0 or last) and np.isfinite(loss):
-            eig = eigenvalues(land, 1, tol=tol, seed=seed, point=theta)
+            v0 = None
+            if warm_start and prev is not None:
+                rnd = np.random.default_rng([seed, t]).standard_normal(prev.shape[0])
+                v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
+            eig = eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0)
+            if eig.vectors:
+                prev = V.flatten(eig.vectors[0]).double().cpu().numpy()
             lam = float(eig.values[0])
             matvecs += eig.matvecs
             lam_steps.append(t)
@@ -296,5 +310,10 @@ def gradient_descent(
         seconds=time.perf_counter() - t0,
         checkpoint_steps=np.asarray(cp_steps, dtype=np.int64),
         checkpoints=cps,
-        meta={"tol": tol, "seed": seed, "sharpness_every": sharpness_every},
+        meta={
+            "tol": tol,
+            "seed": seed,
+            "sharpness_every": sharpness_every,
+            "warm_start": warm_start,
+        },
     )
