@@ -55,8 +55,7 @@ Progress = Callable[[int, int], None]
 
 class _Scratch:
     """Tensors kept across chunks, one per ``key``: a request for fewer rows than the
-    one held gets a slice of it, so the run's last, shorter chunk and the trial's
-    warm-up allocate nothing. On CPU, fresh multi-MB allocations per chunk (page faults
+    one held gets a slice of it, so the run's last, shorter chunk allocates nothing. On CPU, fresh multi-MB allocations per chunk (page faults
     on first touch) cost as much as the arithmetic."""
 
     def __init__(self) -> None:
@@ -524,12 +523,6 @@ class _Evaluator:
 
 
 # -------------------------------------------------------------- memory model
-def _activation_bytes_per_sample(land: Landscape) -> int | None:
-    """Bytes of module outputs per sample in one forward pass (measured with hooks)."""
-    sizes = _output_sizes(land)
-    return None if sizes is None else sizes[0]
-
-
 def _output_sizes(land: Landscape) -> tuple[int, int, int] | None:
     """Per sample, measured with hooks on a forward pass over two samples: the bytes
     of all module outputs, the bytes of the model's output, and the number of
@@ -568,11 +561,18 @@ def _output_sizes(land: Landscape) -> tuple[int, int, int] | None:
     return sizes
 
 
-def _vmap_chunk(land: Landscape, n_points: int, budget: int) -> int:
-    per_sample = _activation_bytes_per_sample(land)
+def _batch_and_param_bytes(land: Landscape) -> tuple[int, int]:
+    """The largest batch of the first data set (256 when streamed) and the bytes of one
+    point's parameters: what the chunk sizes scale with."""
     ds = next(iter(land.datasets.values()))
     biggest = max((batch_size(b) for b in ds.batches), default=1) if ds.in_memory else 256  # type: ignore[union-attr]
-    param_bytes = land.num_parameters * next(iter(land._params0.values())).element_size()
+    return biggest, land.num_parameters * next(iter(land._params0.values())).element_size()
+
+
+def _vmap_chunk(land: Landscape, n_points: int, budget: int) -> int:
+    sizes = _output_sizes(land)
+    per_sample = None if sizes is None else sizes[0]
+    biggest, param_bytes = _batch_and_param_bytes(land)
     per_point = 3 * param_bytes + (biggest * per_sample * 3 if per_sample else 4 * param_bytes)
     # On CPU a chunk whose activations fall out of cache gets slower per point: keep a
     # chunk's activations near 64 MB there (big chunks for tiny models, small for big).
@@ -624,9 +624,8 @@ def _chunk_size(
         if plan is not None and plan.batched and sizes is not None and sizes[2] == 2:
             # Tiled (see _Evaluator): across the chunk a point holds only its output and
             # the loss's scratch, so chunks can be larger than vmap's (fewer passes).
-            ds = next(iter(land.datasets.values()))
-            biggest = max((batch_size(b) for b in ds.batches), default=1)  # type: ignore[union-attr]
-            per_point = 3 * land.num_parameters * 4 + biggest * sizes[1] * 4
+            biggest, param_bytes = _batch_and_param_bytes(land)
+            per_point = 3 * param_bytes + biggest * sizes[1] * 4
             return int(max(1, min(1024, n, _TILED_CHUNK_BYTES // per_point, budget // per_point)))
     if strategy.endswith("vmap"):
         return vchunk
