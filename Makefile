@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-loaded lint bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,23 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# The suite three times in a row under two busy loops, one pinned to each core (load ~4
+# on 2 cores): every test must hold at any load. Not run by CI; prints each run's time.
+LOAD_RUNS ?= 3
+test-loaded: setup lint
+	@set -e; \
+	busy='while True: pass'; pids=""; \
+	for c in 0 1; do \
+	  if command -v taskset >/dev/null; then taskset -c $$c $(PY) -c "$$busy" & \
+	  else $(PY) -c "$$busy" & fi; pids="$$pids $$!"; \
+	done; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq $(LOAD_RUNS)); do \
+	  t0=$$(date +%s); \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider || { echo "test-loaded: run $$i FAILED"; exit 1; }; \
+	  echo "test-loaded: run $$i of $(LOAD_RUNS) green in $$(( $$(date +%s) - t0 )) s (load: $$(cut -d' ' -f1 /proc/loadavg))"; \
+	done
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]" || echo "bench extra unavailable: peers skipped"

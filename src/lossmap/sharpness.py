@@ -477,7 +477,7 @@ def epsilon(
     >>> from lossmap.examples import quadratic as quadratic_landscape
     >>> land = quadratic_landscape(np.diag([1.0, 4.0]))
     >>> s = epsilon(land, 0.1, region="ball")
-    >>> round(s.increase, 8)  # ½ ε² λ_max
+    >>> round(s.increase, 6)  # ½ ε² λ_max
     0.02
     """
     eps = _positive(eps, "eps", "e.g. eps=1e-3 as in Keskar et al. 2017")
