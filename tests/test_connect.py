@@ -149,6 +149,25 @@ def test_linear_grid_must_hold_0_and_1(pair) -> None:
         C.linear(land, a, b, span=(-0.5, 1.5), steps=6)
 
 
+@pytest.mark.parametrize("steps", [2, 3, 6, 11, 12, 40, 41, 51])
+def test_default_span_puts_0_and_1_on_the_grid_for_any_steps(pair, steps) -> None:
+    """A user who asks for 11 points gets 11 points (the fixed span (-0.5, 1.5) holds
+    t = 0 and t = 1 only when steps - 1 is a multiple of 4), and the loss at t = 0 and
+    t = 1 is the loss at the endpoints themselves."""
+    land, a, b = pair
+    lo, hi = C.default_span(steps)
+    assert lo <= 0.0 and hi >= 1.0 and (hi - lo) <= 3.0
+    curve = C.linear(land, a, b, steps=steps)
+    t = curve.alpha
+    assert len(t) == steps and t[0] == lo and t[-1] == hi
+    i0, i1 = int(np.argmin(np.abs(t))), int(np.argmin(np.abs(t - 1)))
+    assert abs(t[i0]) < 1e-12 and abs(t[i1] - 1) < 1e-12
+    ends = land.evaluate([a, b])["train/loss"]
+    np.testing.assert_allclose(curve.values["train/loss"][[i0, i1]], ends, rtol=1e-6)
+    if steps == 41:
+        assert (lo, hi) == (-0.5, 1.5)
+
+
 # ---------------------------------------------------------------- BatchNorm
 @pytest.fixture(scope="module")
 def bn_pair():

@@ -180,3 +180,70 @@ def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
     assert rerun.returncode == 0, rerun.stderr
     assert "every value matches bit for bit" in rerun.stdout
     assert (out / "rerun" / "surface.h5").exists()
+
+
+def _blob_done(out: Path, key: str) -> bool:
+    path = out / "journal.sqlite"
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        n = db.execute("SELECT COUNT(*) FROM blobs WHERE key = ?", (key,)).fetchone()[0]
+        db.close()
+        return bool(n)
+    except sqlite3.Error:
+        return False
+
+
+def test_killed_curve_fit_resumes_to_the_same_files(tmp_path: Path, spec: str) -> None:
+    """`lossmap connect` killed during the curve fit (after its first epochs were
+    journaled) and run again writes the files an uninterrupted run writes, bit for bit:
+    the straight path, the curve and the barriers in run.json."""
+
+    import torch
+
+    # Two endpoints: the factory's model at two sets of weights.
+    ckpts = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        sd = {
+            "0.weight": torch.randn(32, 16, generator=g) * 0.3,
+            "0.bias": torch.zeros(32),
+            "3.weight": torch.randn(4, 32, generator=g) * 0.3,
+            "3.bias": torch.zeros(4),
+        }
+        ckpts.append(tmp_path / f"end{seed}.pt")
+        torch.save(sd, ckpts[-1])
+
+    def cmd(out: Path) -> list[str]:
+        return [
+            *(sys.executable, "-m", "lossmap", "connect", *map(str, ckpts), "--model", spec),
+            *("--epochs", "8", "--batch-size", "16", "--steps", "11", "--out", str(out)),
+        ]
+
+    ref_out, out = tmp_path / "reference", tmp_path / "run"
+    ref = subprocess.run(cmd(ref_out), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _blob_done(out, "curve/epoch/1") and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (out / "curve.h5").exists()
+
+    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob("*.tmp*")), list(out.glob("*.tmp*"))
+    for name in ("path.h5", "curve.h5"):
+        a, b = _values(ref_out / name), _values(out / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].tobytes() == b[k].tobytes(), f"{name} {k}"  # bit for bit
+    runs = [json.loads((o / "run.json").read_text()) for o in (ref_out, out)]
+    assert runs[0]["barrier_line"] == runs[1]["barrier_line"]
+    assert runs[0]["barrier_curve"] == runs[1]["barrier_curve"]

@@ -277,6 +277,31 @@ def _check_endpoints(land: Landscape, a: V.Vector, b: V.Vector) -> dict[str, flo
     return {"a": float(vals[0]), "b": float(vals[1])}
 
 
+def default_span(steps: int) -> tuple[float, float]:
+    """The span nearest ``(-0.5, 1.5)`` whose grid of ``steps`` points holds ``t = 0`` and ``t = 1``.
+
+    The grid's ``steps - 1`` intervals are split into ``m`` inside ``[0, 1]`` and
+    ``e_lo``, ``e_hi`` beyond each end, chosen so that ``e/m`` is as close to ½ as the
+    count allows (ties: more points inside); ``steps = 41`` gives exactly ``(-0.5, 1.5)``.
+
+    >>> default_span(41), default_span(11), default_span(2)
+    ((-0.5, 1.5), (-0.4, 1.6), (0.0, 1.0))
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+    n = steps - 1
+    best: tuple[float, int, int, int] | None = None
+    for m in range(n, 0, -1):
+        e_lo = (n - m) // 2
+        e_hi = n - m - e_lo
+        cost = (abs(e_lo - m / 2) + abs(e_hi - m / 2)) / m
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, m, e_lo, e_hi)
+    assert best is not None  # n >= 1: the loop ran
+    _, m, e_lo, e_hi = best
+    return (-e_lo / m, 1.0 + e_hi / m)
+
+
 def _grid01_check(t: np.ndarray, span: tuple[float, float], steps: int) -> None:
     if not (np.abs(t).min() <= _T_TOL and np.abs(t - 1.0).min() <= _T_TOL):
         raise ValueError(
@@ -396,7 +421,7 @@ def linear(
     a: Mapping[str, Tensor],
     b: Mapping[str, Tensor],
     *,
-    span: object = (-0.5, 1.5),
+    span: object = None,
     steps: int = 41,
     reset_bn: bool = False,
     bn_data: object = None,
@@ -418,6 +443,8 @@ def linear(
         land: the landscape (its model gives the architecture; it is not modified).
         a, b: the endpoints, parameter dicts keyed like ``land.point()``.
         span: the range of ``t``; it must put ``t = 0`` and ``t = 1`` on the grid.
+            Default: :func:`default_span` of ``steps``, about ``(-0.5, 1.5)`` with both
+            on the grid for any ``steps``.
         steps: number of points.
         reset_bn: recompute BatchNorm statistics at each point.
         bn_data: data for the statistics: ``(X, y)`` or a loader (default: the
@@ -437,9 +464,9 @@ def linear(
     """
     pts = _check_pair(land, {"a": a, "b": b})
     a, b = pts["a"], pts["b"]
-    ((lo, hi),) = parse_span(span, 1)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+    ((lo, hi),) = parse_span(default_span(steps) if span is None else span, 1)
     _grid01_check(grid(lo, hi, steps), (lo, hi), steps)
     _check_endpoints(land, a, b)
     n_bn = len(_bn_layers(land.model))

@@ -81,9 +81,13 @@ def connect(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Points along each path.")] = 41,
     span: Annotated[
-        tuple[float, float],
-        typer.Option("--span", help="t range of the straight path (must contain 0 and 1)."),
-    ] = (-0.5, 1.5),
+        tuple[float, float] | None,
+        typer.Option(
+            "--span",
+            help="t range of the straight path (must put 0 and 1 on the grid); default: "
+            "about -0.5 1.5, chosen so that 0 and 1 are on the grid of --steps points.",
+        ),
+    ] = None,
     reset_bn: Annotated[
         bool, typer.Option("--reset-bn", help="Recompute BatchNorm statistics along the line.")
     ] = False,
