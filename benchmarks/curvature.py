@@ -5,6 +5,7 @@ Usage::
     python benchmarks/curvature.py            # models A and B: benchmarks/results/curvature.md
     python benchmarks/curvature.py --quick    # model A only, fewer seeds; prints (no file)
     python benchmarks/curvature.py --quick --out /tmp/curvature-quick.md
+    python benchmarks/curvature.py --models C  # only the CNN rows: results/curvature_cnn.md
 
 Problems (digits, the 1,437 training images, ``nn.CrossEntropyLoss``, full data set):
 
@@ -17,6 +18,13 @@ Problems (digits, the 1,437 training images, ``nn.CrossEntropyLoss``, full data 
   a ReLU network is linear in each single parameter (so diag H = diag GGN), checked
   against the dense Hessian of a small ReLU network and against XTrace with 1,000
   float64 matvecs (the reference the brief asked for, reported with its stderr).
+
+- C: residual CNNs with BatchNorm (eval mode), not ``nn.Sequential``: one on 400
+  digits images (1×8×8, 14,378 parameters) and one on 512 generated 3×16×16 images
+  (3,882 parameters). Only the cost of one product is measured there (section 5):
+  lossmap's operator against a hand-written double-backward HVP and against
+  forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), the two ways
+  users write it, with each product's error against the float64 operator.
 
 Every method runs on the float32 model, as users run it, and is compared with the
 float64 truth. HVPs are counted by wrapping each library's own product: lossmap's
@@ -898,6 +906,168 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
     return times, errs
 
 
+# ------------------------------------------------------------------ C: residual CNNs
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(c)
+        self.c2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class ResCNN(nn.Module):
+    """A residual CNN with BatchNorm: stem, ``blocks`` residual blocks, global pooling."""
+
+    def __init__(self, c_in: int, c: int, blocks: int, classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(c_in, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.blocks = nn.Sequential(*[_Block(c) for _ in range(blocks)])
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.blocks(torch.relu(self.bn(self.stem(x)))).mean((2, 3)))
+
+
+def cnn_problems() -> list[tuple[str, nn.Module, Tensor, Tensor]]:
+    """The two CNNs of C with their data; BatchNorm statistics from one pass in train mode."""
+    torch.manual_seed(0)
+    x, y = digits_data()["train"]
+    xd = x[:400].reshape(-1, 1, 8, 8)
+    yd = y[:400]
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(512, 3, 16, 16, generator=g)
+    ys = torch.randint(0, 10, (512,), generator=g)
+    out = []
+    for name, net, xx, yy in (
+        ("C1 digits 1×8×8, res-CNN 16 ch × 3 blocks", ResCNN(1, 16, 3, 10), xd, yd),
+        ("C2 random 3×16×16, res-CNN 8 ch × 3 blocks", ResCNN(3, 8, 3, 10), xs, ys),
+    ):
+        net.train()
+        with torch.no_grad():
+            net(xx)
+        net.eval()
+        out.append((name, net, xx, yy))
+    return out
+
+
+def cnn_cost_rows(repeats: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
+    """Round-robin timings of one product on each CNN of C, and each product's relative
+    error against the float64 operator."""
+    costs: dict[str, dict[str, list[float]]] = {}
+    info: dict[str, Any] = {}
+    for name, net, x, y in cnn_problems():
+        costs[name], info[name] = _cnn_costs(net, x, y, repeats)
+    return costs, info
+
+
+def _cnn_costs(
+    net: nn.Module, x: Tensor, y: Tensor, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    from torch.func import grad, jvp
+
+    land = lm.Landscape(net, nn.CrossEntropyLoss(), data=(x, y))
+    land64 = lm.Landscape(copy.deepcopy(net).double(), nn.CrossEntropyLoss(), data=(x.double(), y))
+    v = torch.randn(land.num_parameters, generator=torch.Generator().manual_seed(0))
+    params = dict(net.named_parameters())
+    fixed = dict(net.named_buffers())
+    parts = dict(zip(params, torch.split(v, [p.numel() for p in params.values()]), strict=True))
+    vd = {k: parts[k].view_as(p) for k, p in params.items()}
+
+    def hand() -> Tensor:
+        ps = list(params.values())
+        loss = nn.functional.cross_entropy(net(x), y)
+        g = torch.autograd.grad(loss, ps, create_graph=True)
+        hv = torch.autograd.grad(g, ps, grad_outputs=list(vd.values()))
+        return torch.cat([h.reshape(-1) for h in hv])
+
+    def loss_at(p: dict[str, Tensor]) -> Tensor:
+        return nn.functional.cross_entropy(functional_call(net, (p, fixed), (x,)), y)
+
+    def fwd_rev() -> Tensor:
+        detached = {k: t.detach() for k, t in params.items()}
+        _, hv = jvp(grad(loss_at), (detached,), (vd,))
+        return torch.cat([h.reshape(-1) for h in hv.values()])
+
+    reused = HessianOperator(land)
+    fns: dict[str, Callable[[], Any]] = {
+        "lossmap land.gradient() (full data)": land.gradient,
+        "lossmap HessianOperator.hvp, first product (builds the graph)": (
+            lambda: HessianOperator(land).hvp(v)
+        ),
+        "lossmap HessianOperator.hvp, graph reused (every later product)": lambda: reused.hvp(v),
+        "hand-written double backward (model(x), autograd.grad twice)": hand,
+        "forward-over-reverse (torch.func.jvp of grad)": fwd_rev,
+    }
+    truth = HessianOperator(land64).hvp(v.double())
+    errs = {}
+    for k, fn in fns.items():
+        out = fn()
+        fn()
+        if "gradient" not in k:
+            errs[k] = float((as_flat(out) - truth).norm() / truth.norm())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times, {"n": land.num_parameters, "samples": len(x), "errs": errs}
+
+
+def cnn_table(
+    costs: dict[str, dict[str, list[float]]], info: dict[str, Any], repeats: int
+) -> list[str]:
+    out = [
+        f"| model | operation | median ms ({repeats} reps) | min ms "
+        "| ÷ hand-written double backward (median) | rel err of Hv vs float64 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for key, times in costs.items():
+        base = med(times["hand-written double backward (model(x), autograd.grad twice)"])
+        label = f"{key} ({info[key]['n']:,} params, {info[key]['samples']} samples)"
+        for name, ts in times.items():
+            err = info[key]["errs"].get(name, float("nan"))
+            out.append(
+                f"| {label} | {name} | {fmt(1e3 * med(ts), '.2f')} | {fmt(1e3 * min(ts), '.2f')} "
+                f"| {fmt(med(ts) / base, '.2f')} | {fmt(err, '.1e')} |"
+            )
+    return out
+
+
+def cnn_section(repeats: int) -> list[str]:
+    costs, info = cnn_cost_rows(repeats)
+    worst = max(
+        med(t["lossmap HessianOperator.hvp, first product (builds the graph)"])
+        / med(t["hand-written double backward (model(x), autograd.grad twice)"])
+        for t in costs.values()
+    )
+    reuse = max(
+        med(t["lossmap HessianOperator.hvp, graph reused (every later product)"])
+        / med(t["hand-written double backward (model(x), autograd.grad twice)"])
+        for t in costs.values()
+    )
+    return [
+        "## 5. One product on residual CNNs with BatchNorm (C)",
+        "",
+        "Round-robin over the operations, 2 warm-ups each. lossmap keeps double backward "
+        "through a gradient graph built once and reused by every later product; the "
+        "first product pays for the graph, like a hand-written HVP does every time.",
+        "",
+        *cnn_table(costs, info, repeats),
+        "",
+        f"Goal (issue #14): never slower than a plain double-backward HVP. First product: "
+        f"at most {worst:.2f}× the hand-written one; every later product: at most "
+        f"{reuse:.2f}× — {'**holds**' if worst <= 1.15 and reuse <= 1.0 else '**fails**'} "
+        "(1.15 allows for the machine's noise on the one-off product).",
+        "",
+    ]
+
+
 # ------------------------------------------------------------------ report
 def fmt(x: float, spec: str = ".2g") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
@@ -1156,9 +1326,19 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    models = args.models or ("A" if args.quick else "AB")
-    if not models or set(models) - {"A", "B"}:
-        ap.error(f"--models takes letters from 'AB', got {models!r}")
+    models = args.models or ("A" if args.quick else "ABC")
+    if not models or set(models) - {"A", "B", "C"}:
+        ap.error(f"--models takes letters from 'ABC', got {models!r}")
+    if models == "C":  # the CNN rows alone
+        lines += cnn_section(repeats)
+        lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        target = args.out or (None if args.quick else RESULTS / "curvature_cnn.md")
+        if target is not None:
+            target.write_text(text)
+            log(f"wrote {target}")
+        return 0
     builders = [b for key, b in (("A", problem_a), ("B", problem_b)) if key in models]
     problems, eig, tr, costs, hvp_errs = [], [], [], {}, {}
     dens: list[DensityRow] = []
@@ -1218,6 +1398,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *cost_table(costs, hvp_errs, repeats),
         "",
+        *(cnn_section(repeats) if "C" in models else []),
         "## Goals",
         "",
         *goals(problems, eig, tr, dens, costs),
