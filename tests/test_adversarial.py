@@ -152,3 +152,60 @@ def test_rerun_malformed_run_json_is_one_line(tmp_path: Path, text: str) -> None
     r = _run(["rerun", str(run)], cwd=tmp_path)
     _one_line(r, "run.json")
     assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
+# ------------------------------------------- every argument checked before the journal
+def _rows(out: Path) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def journaled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A line run whose journal holds all its rows (results removed: as if interrupted)."""
+    out = tmp_path_factory.mktemp("journaled") / "run"
+    r = _run(
+        ["line", "--example", "linear", "--steps", "40", "--strategy", "loop", "--out", str(out)]
+    )
+    assert r.returncode == 0, r.stderr
+    for p in out.iterdir():
+        if not p.name.startswith("journal.sqlite"):
+            p.unlink()
+    return out
+
+
+TYPOS = [
+    ("strategy", ["--strategy", "afine"], ["afine", "affine"]),
+    ("normalization", ["--normalization", "filters"], ["filters"]),
+    ("ignore", ["--ignore", "biases"], ["unknown ignore rule 'biases'"]),
+    ("span", ["--span", "1", "-1"], ["inverted"]),
+    ("steps", ["--steps", "1"], ["--steps"]),
+    ("seed-negative", ["--seed", "-1"], ["--seed"]),
+    ("seed-huge", ["--seed", "99999999999999999999"], ["--seed", "9223372036854775807"]),
+    ("chunk-size", ["--chunk-size", "0"], ["--chunk-size"]),
+    ("device", ["--device", "tpu"], ["tpu"]),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), [t[1:] for t in TYPOS], ids=[t[0] for t in TYPOS])
+def test_a_typo_with_restart_loses_no_journal_row(
+    journaled: Path, args: list[str], needles: list[str]
+) -> None:
+    before = _rows(journaled)
+    assert before == 40
+    base = ["line", "--example", "linear", "--steps", "40", "--out", str(journaled)]
+    r = _run([*base, *args, "--restart"])
+    _one_line(r, *needles)
+    assert _rows(journaled) == before
+
+
+def test_strategy_choices_are_the_engines() -> None:
+    from lossmap.cli._common import Strategy
+    from lossmap.evaluate import STRATEGIES
+
+    assert tuple(s.value for s in Strategy) == STRATEGIES

@@ -45,6 +45,16 @@ class Norm(str, enum.Enum):
     none = "none"
 
 
+class Strategy(str, enum.Enum):
+    """The engine's strategies (``lossmap.evaluate.STRATEGIES``), checked by typer."""
+
+    auto = "auto"
+    loop = "loop"
+    vmap = "vmap"
+    affine = "affine"
+    affine_vmap = "affine-vmap"
+
+
 class Device(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"
@@ -87,7 +97,9 @@ IgnoreOpt = Annotated[
 ]
 
 
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random directions.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random directions.")
+]
 
 
 DeviceOpt = Annotated[Device, typer.Option("--device")]
@@ -138,9 +150,7 @@ MaxHoursOpt = Annotated[
 ]
 
 
-StrategyOpt = Annotated[
-    str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
-]
+StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="Engine strategy.")]
 
 
 def _human(seconds: float) -> str:
