@@ -6,6 +6,7 @@ done, and leaves the files it must not touch as they were."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -209,3 +210,143 @@ def test_strategy_choices_are_the_engines() -> None:
     from lossmap.evaluate import STRATEGIES
 
     assert tuple(s.value for s in Strategy) == STRATEGIES
+
+
+# ------------------------------------------------ killed during the final write, status
+# Loaded by every Python started with this folder first on PYTHONPATH: SIGKILLs the
+# process at the moment a result named in LOSSMAP_TEST_KILL_AT would be renamed into
+# place (its temporary file fully written), as a kill during the final write would.
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import os, signal
+    _real = os.replace
+    _at = os.environ.get("LOSSMAP_TEST_KILL_AT", "")
+
+    def _replace(src, dst, *a, **kw):
+        if _at and os.fspath(dst).endswith(_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _real(src, dst, *a, **kw)
+
+    os.replace = _replace
+    """
+)
+
+
+def _killed_at(tmp_path: Path, name: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": str(hook), "LOSSMAP_TEST_KILL_AT": name}
+    r = _run(args, env=env)
+    assert r.returncode == -9, r.stderr
+    return r
+
+
+def _status(out: Path) -> str:
+    r = _run(["status", str(out)])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_killed_during_the_final_write_is_not_complete(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = ["plane", "--example", "linear", "--steps", "6", "--strategy", "loop", "--out", str(out)]
+    _killed_at(tmp_path, "/surface.h5", cmd)
+    names = sorted(p.name for p in out.iterdir())
+    assert not (out / "surface.h5").exists() and not (out / "run.json").exists()
+    assert [n for n in names if n.startswith("surface.h5.") and n.endswith(".tmp.h5")]
+    s = _status(out)
+    assert "plane run, interrupted" in s and "results were not all written" in s
+    assert "re-run the same command" in s
+    again = _run(cmd)
+    assert again.returncode == 0, again.stderr
+    assert "plane run, complete" in _status(out)
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # the resume cleaned up
+
+
+def test_restart_killed_while_writing_figures_is_not_complete(tmp_path: Path) -> None:
+    """surface.h5 of seed 1 next to run.json and figures of seed 0: not complete."""
+    out = tmp_path / "run"
+    cmd = ["plane", "--example", "linear", "--steps", "6", "--strategy", "loop", "--out", str(out)]
+    assert _run(cmd).returncode == 0
+    assert "plane run, complete" in _status(out)
+    _killed_at(tmp_path, ".png", [*cmd, "--seed", "1", "--restart"])
+    assert "plane run, interrupted" in _status(out)
+
+
+def test_status_of_a_finished_run_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = _run(["line", "--example", "linear", "--steps", "5", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert "line run, complete" in _status(out)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert after == before
+
+
+# ------------------------------------------------------------ the journal is not a link
+def _other_apps_db(path: Path) -> bytes:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE contacts (name TEXT)")
+    db.execute("INSERT INTO contacts VALUES ('ada')")
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("target", ["sqlite", "empty"])
+def test_a_symlinked_journal_is_refused_and_its_target_untouched(
+    tmp_path: Path, target: str
+) -> None:
+    other = tmp_path / "other.db"
+    data = _other_apps_db(other) if target == "sqlite" else b""
+    other.write_bytes(data)
+    out = tmp_path / "runs" / "x"
+    out.mkdir(parents=True)
+    (out / "journal.sqlite").symlink_to(other)
+    r = _run(["line", "--example", "linear", "--steps", "5", "--out", str(out)])
+    _one_line(r, "journal.sqlite", "symbolic link")
+    assert other.read_bytes() == data
+    r = _run(["status", str(out)])
+    _one_line(r, "symbolic link")
+    assert other.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db", "runs"]
+
+
+def test_a_symlinked_wal_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other-wal"
+    other.write_bytes(b"")
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "journal.sqlite-wal").symlink_to(other)
+    r = _run(["line", "--example", "linear", "--steps", "5", "--out", str(out)])
+    _one_line(r, "journal.sqlite-wal", "symbolic link")
+    assert other.read_bytes() == b""
+
+
+# ------------------------------------------------------- a damaged journal is not trusted
+def test_damaged_journal_rows_are_recomputed(tmp_path: Path) -> None:
+    import sqlite3
+
+    cmd = ["line", "--example", "linear", "--steps", "401", "--strategy", "loop"]
+    ref = tmp_path / "ref"
+    assert _run([*cmd, "--out", str(ref)]).returncode == 0
+    out = tmp_path / "run"
+    assert _run([*cmd, "--out", str(out)]).returncode == 0
+    db = sqlite3.connect(out / "journal.sqlite")
+    for i in (3, 50, 160, 161, 399):  # one byte flipped in five stored rows
+        (data,) = db.execute("SELECT data FROM rows WHERE idx = ?", (i,)).fetchone()
+        db.execute(
+            "UPDATE rows SET data = ? WHERE idx = ?",
+            (data[:5] + bytes([data[5] ^ 4]) + data[6:], i),
+        )
+    db.commit()
+    db.close()
+    (out / "line.csv").unlink()
+    r = _run([*cmd, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert "journal.sqlite" in r.stderr and "5 rows" in r.stderr and "damaged" in r.stderr
+    assert "resumed: 396 of 401 points" in r.stdout
+    assert (out / "line.csv").read_bytes() == (ref / "line.csv").read_bytes()

@@ -14,6 +14,8 @@ import csv
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -248,6 +250,25 @@ class Spectrum:
         }
         attrs = {"sigma": self.sigma, "matvecs": self.matvecs}
         return _write_h5(Path(path), self.kind, self.meta, {"arrays": arrays}, attrs)
+
+
+# The names atomic_path gives its temporary files: "<name>.<8 random>.tmp<suffix>"
+# (tempfile.mkstemp's random part is 8 characters of [a-z0-9_]).
+_TEMPORARY = re.compile(r"^.+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`atomic_path` left in ``folder`` (not below it) when
+    its process was killed before the rename: regular files only, never links."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        try:
+            regular = stat.S_ISREG(os.lstat(p).st_mode)
+        except OSError:
+            continue
+        if regular and _TEMPORARY.match(p.name):
+            out.append(p)
+    return out
 
 
 @contextmanager

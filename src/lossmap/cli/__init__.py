@@ -40,7 +40,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
     SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
-    _RUN.update(argv=list(sys.argv[1:] if argv is None else argv), journal=None, signal=None)
+    _RUN.update(
+        argv=list(sys.argv[1:] if argv is None else argv), journal=None, run_id=None, signal=None
+    )
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread (embedded use)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

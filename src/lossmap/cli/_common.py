@@ -28,7 +28,7 @@ class CliError(Exception):
 
 
 # What main() needs to report an interruption and what run.json records of the call.
-_RUN: dict[str, Any] = {"argv": [], "journal": None}
+_RUN: dict[str, Any] = {"argv": [], "journal": None, "run_id": None}
 
 
 class Example(str, enum.Enum):
@@ -185,7 +185,26 @@ def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
     except JournalMismatch as e:
         raise CliError(str(e)) from None
     _RUN["journal"] = j.path
+    _RUN["run_id"] = j.run_id
+    if not _alive(j.previous_pid):  # its temporaries are stale: a killed final write
+        from lossmap.results import stale_temporaries
+
+        for tmp in stale_temporaries(out):
+            tmp.unlink(missing_ok=True)
     return j
+
+
+def _alive(pid: Any) -> bool:
+    """Whether another process with this id runs (a journal's last writer)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def _prepare_out(out: Path) -> Path:
@@ -312,6 +331,7 @@ def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[st
     return {
         "argv": list(_RUN["argv"]),
         "cwd": os.getcwd(),
+        "run_id": _RUN.get("run_id"),
         "device": str(land.device),
         "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
         "data_sha256": fp.get("data") or _data_hash(land),

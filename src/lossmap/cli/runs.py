@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lossmap.cli._common import CliError, _echo, _human, app
+from lossmap.cli._common import CliError, _alive, _echo, _human, app
 
 
 @app.command()
@@ -23,29 +22,19 @@ def status(
     from lossmap.store import Journal
 
     path = run_dir / "journal.sqlite"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise CliError(
             f"{run_dir} has no journal.sqlite: not a lossmap run folder, or its run has not "
             "started a grid yet"
         )
-    with Journal(path) as j:
+    with Journal(path, read_only=True) as j:  # status only reads
         prog = j.progress()
         pid = j.meta("pid")
         fp = j.fingerprint
+        run_id = j.run_id
     views = {k: v for k, v in prog.items() if k != "units"}
-    record = run_dir / "run.json"
-    # run.json is written last: newer than the journal's last write means finished.
-    recorded = record.is_file() and record.stat().st_mtime >= max(
-        [v["last_write"] or 0.0 for v in views.values()] + [prog.get("units", {}).get("last", 0.0)]
-    )
-    complete = recorded or (bool(views) and all(v["done"] >= v["total"] for v in views.values()))
-    alive = False
-    if pid and not complete:
-        try:
-            os.kill(int(pid), 0)
-            alive = True
-        except (OSError, ValueError):
-            alive = False
+    complete = _results_written(run_dir, run_id)
+    alive = not complete and _alive(pid)
     state = "complete" if complete else ("running" if alive else "interrupted")
     lines = [f"{run_dir}: {fp.get('command', '?')} run, {state}"]
     for name, v in views.items():
@@ -63,9 +52,27 @@ def status(
         lines.append(
             f"  {prog['units']['done']} units of work recorded (curve epochs, probes, ...)"
         )
+    if state == "interrupted" and views and all(v["done"] >= v["total"] for v in views.values()):
+        lines.append("  every point is done but the results were not all written")
     if state == "interrupted":
         lines.append("  re-run the same command with the same --out to resume")
     _echo(lines)
+
+
+def _results_written(run_dir: Path, run_id: str | None) -> bool:
+    """Complete: run.json was written by the run this journal holds (it carries the
+    journal's run id) and every result file it lists is there. run.json is written
+    last, so a run killed while writing its results, or one restarted since, is not."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(info, dict) or run_id is None or info.get("run_id") != run_id:
+        return False
+    files = info.get("files")
+    if not isinstance(files, list) or not files:
+        return False
+    return all(isinstance(f, str) and Path(f).name == f and (run_dir / f).is_file() for f in files)
 
 
 def _with_option(argv: list[str], name: str, value: str) -> list[str]:
