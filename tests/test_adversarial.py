@@ -350,3 +350,110 @@ def test_damaged_journal_rows_are_recomputed(tmp_path: Path) -> None:
     assert "journal.sqlite" in r.stderr and "5 rows" in r.stderr and "damaged" in r.stderr
     assert "resumed: 396 of 401 points" in r.stdout
     assert (out / "line.csv").read_bytes() == (ref / "line.csv").read_bytes()
+
+
+# ------------------------------------------------------------------------ checkpoints
+class _System:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_os_system_checkpoint_points_to_trust(tmp_path: Path) -> None:
+    """torch 2.13 words this refusal 'unsupported GLOBAL posix.system ... is blocked'."""
+    import torch
+
+    torch.save({"model": _System()}, tmp_path / "evil.pt")
+    r = _run(["line", "--example", "linear", "--checkpoint", "evil.pt", "--out", "o"], cwd=tmp_path)
+    _one_line(r, "pickled Python objects", "system", "--trust-checkpoint")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_integer_checkpoint_into_a_float_model_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"weight": torch.tensor([[3]]), "bias": torch.tensor([2])}, tmp_path / "int.pt")
+    torch.save(  # float64 into float32 (or the same) only rounds: allowed
+        {"weight": torch.tensor([[3.0]]), "bias": torch.tensor([2.0])}, tmp_path / "f32.pt"
+    )
+    base = ["line", "--example", "linear", "--steps", "3", "--checkpoint"]
+    r = _run([*base, str(tmp_path / "int.pt"), "--out", str(tmp_path / "a")])
+    _one_line(r, "weight is int64", "model's is float64", "lose")
+    assert not (tmp_path / "a" / "line.h5").exists()
+    r = _run([*base, str(tmp_path / "f32.pt"), "--out", str(tmp_path / "b")])
+    assert r.returncode == 0, r.stderr
+
+
+def test_lossy_dtype_rules() -> None:
+    import torch
+
+    from lossmap.cli._load import _lossy
+
+    lossy = [(torch.int64, torch.float32), (torch.bool, torch.float64), (torch.uint8, torch.half)]
+    lossy += [(torch.complex64, torch.float32), (torch.float32, torch.int64)]
+    lossy += [(torch.int64, torch.bool)]
+    fine = [(torch.float64, torch.float32), (torch.float16, torch.float32)]
+    fine += [(torch.int32, torch.int64), (torch.float32, torch.complex64)]
+    fine += [(torch.bool, torch.bool)]
+    assert all(_lossy(a, b) for a, b in lossy)
+    assert not any(_lossy(a, b) for a, b in fine)
+
+
+def test_safetensors_checkpoint_loads(tmp_path: Path) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    import torch
+
+    import lossmap as lm
+
+    st.save_file(
+        {"weight": torch.tensor([[2.5]], dtype=torch.float64), "bias": torch.tensor([1.0])},
+        str(tmp_path / "model.safetensors"),
+    )
+    out = tmp_path / "o"
+    ckpt = tmp_path / "model.safetensors"
+    r = _run(
+        [
+            "line",
+            "--example",
+            "linear",
+            "--steps",
+            "3",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    assert lm.load(out / "line.h5").meta["theta0_norm"] == pytest.approx((2.5**2 + 1) ** 0.5)
+    (tmp_path / "cut.safetensors").write_bytes(ckpt.read_bytes()[:-4])
+    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "cut.safetensors")])
+    _one_line(r, "not a readable safetensors file", "cut.safetensors")
+
+
+def test_safetensors_without_the_package_says_what_to_install(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['safetensors'] = None\n")
+    # the safetensors layout: 8-byte header length, then a JSON header
+    header = b'{"weight":{"dtype":"F64","shape":[1,1],"data_offsets":[0,8]}}'
+    data = len(header).to_bytes(8, "little") + header + bytes(8)
+    (tmp_path / "model.bin").write_bytes(data)  # detected by its layout, not its name
+    env = {**os.environ, "PYTHONPATH": str(hook)}
+    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "model.bin")], env=env)
+    _one_line(r, "safetensors file", "pip install safetensors")
+
+
+def test_a_factory_calling_sys_exit_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "quitter.py").write_text(
+        "import sys\n\ndef f():\n    sys.exit(0)\n\ndef g():\n    raise SystemExit('bye')\n"
+    )
+    (tmp_path / "quits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    for spec, needle in (
+        ("quitter.py:f", "called sys.exit(0)"),
+        ("quitter.py:g", "called sys.exit('bye')"),
+        ("quits_on_import.py:f", "SystemExit"),
+    ):
+        out = tmp_path / "o"
+        r = _run(["line", "--model", spec, "--out", str(out)], cwd=tmp_path)
+        _one_line(r, needle)
+        assert not out.exists() or not any(out.iterdir())
