@@ -457,3 +457,79 @@ def test_a_factory_calling_sys_exit_is_one_line(tmp_path: Path) -> None:
         r = _run(["line", "--model", spec, "--out", str(out)], cwd=tmp_path)
         _one_line(r, needle)
         assert not out.exists() or not any(out.iterdir())
+
+
+# ------------------------------------------------------------- a crafted result file
+def _limit_memory() -> None:
+    import resource
+
+    # A regression fails (MemoryError) instead of eating the machine's memory.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _crafted(path: Path, kind: str, coords: dict, values: dict, group: str = "values") -> Path:  # type: ignore[type-arg]
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.attrs["lossmap_kind"] = kind
+        f.attrs["lossmap_format"] = 1
+        f.attrs["meta"] = "{}"
+        for gname, arrays in (("coords", coords), (group, values)):
+            if not arrays:
+                continue
+            g = f.create_group(gname)
+            for k, v in arrays.items():
+                if isinstance(v, tuple):  # a shape: a gzip'd dataset of zeros, tiny on disk
+                    g.create_dataset(k, shape=v, dtype="f8", compression="gzip", fillvalue=0)
+                else:
+                    g.create_dataset(k, data=np.asarray(v))
+            f.attrs[f"{gname}_order"] = json.dumps(list(arrays))
+        if kind == "spectrum":
+            f.attrs["sigma"], f.attrs["matvecs"] = 0.1, 10
+    return path
+
+
+CRAFTED = [
+    ("huge-values", "surface", {"alpha": [0, 1], "beta": [0, 1]}, {"loss": (50000, 50000)}),
+    ("huge-axis", "curve", {"alpha": (10**10,)}, {"loss": (10**10,)}),
+    ("huge-grid", "surface", {"alpha": (10**5,), "beta": (10**5,)}, {"loss": (10**5, 10**5)}),
+    ("2-d-axis", "curve", {"alpha": (3, 3)}, {"loss": (3, 3)}),
+    ("missing-values", "curve", {"alpha": [0, 1]}, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "coords", "values"), [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED]
+)
+def test_crafted_result_file_is_refused_before_reading(
+    tmp_path: Path,
+    kind: str,
+    coords: dict,
+    values: dict,  # type: ignore[type-arg]
+) -> None:
+    path = _crafted(tmp_path / "surface.h5", kind, coords, values)
+    assert path.stat().st_size < 100_000
+    r = _run(["plot", str(path), "--out", str(tmp_path / "figs")], preexec_fn=_limit_memory)
+    _one_line(r, "surface.h5", "not a valid lossmap result")
+    assert not (tmp_path / "figs").exists()
+
+
+def test_crafted_spectrum_is_refused_before_reading(tmp_path: Path) -> None:
+    arrays = {"grid": [0.0, 1.0], "density": (10**9,), "nodes": [[1.0]], "weights": [[1.0]]}
+    path = _crafted(tmp_path / "spectrum.h5", "spectrum", {}, arrays, group="arrays")
+    r = _run(["plot", str(path)], preexec_fn=_limit_memory)
+    _one_line(r, "density", "does not match its grid")
+
+
+def test_result_linking_to_another_file_is_refused(tmp_path: Path) -> None:
+    import h5py
+
+    path = _crafted(tmp_path / "line.h5", "curve", {"alpha": [0.0, 1.0]}, {"loss": [1.0, 2.0]})
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(16))
+    with h5py.File(path, "a") as f:
+        del f["values/loss"]
+        f["values"].create_dataset("loss", shape=(2,), dtype="f8", external=[(str(secret), 0, 16)])
+    r = _run(["plot", str(path)])
+    _one_line(r, "another file")
