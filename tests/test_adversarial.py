@@ -533,3 +533,38 @@ def test_result_linking_to_another_file_is_refused(tmp_path: Path) -> None:
         f["values"].create_dataset("loss", shape=(2,), dtype="f8", external=[(str(secret), 0, 16)])
     r = _run(["plot", str(path)])
     _one_line(r, "another file")
+
+
+# ------------------------------------------------------------- a full disk: one line
+def test_full_disk_names_the_file_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A full disk while a result is written: one line naming the file (CSV writes
+    raise without a file name; HDF5 explains over several lines)."""
+    import csv
+    import errno
+
+    import h5py
+
+    from lossmap.cli import main
+
+    def no_space(*a, **kw):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def hdf5_no_space(*a, **kw):  # type: ignore[no-untyped-def]
+        raise OSError(
+            errno.ENOSPC,
+            "Can't synchronously write data (file write failed)\n  errno = 28, error "
+            "message = 'No space left on device'\n  buf = 0x55d0, total write size = 800",
+        )
+
+    for target, name in ((csv, "writer"), (h5py.Group, "create_dataset")):
+        out = tmp_path / name
+        with monkeypatch.context() as m:
+            m.setattr(target, name, no_space if target is csv else hdf5_no_space)
+            with pytest.raises(SystemExit) as e:
+                main(["line", "--example", "linear", "--steps", "3", "--out", str(out)])
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        line = _one_line(subprocess.CompletedProcess([], 1, "", err), code=1)
+        assert "No space left on device" in line and "free space" in line
+        assert str(out / "line.") in line  # line.h5 or line.csv: the file being written
+        assert not [p for p in out.iterdir() if ".tmp" in p.name]

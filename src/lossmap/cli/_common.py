@@ -180,6 +180,7 @@ def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
 
     # Another lossmap version may compute other values: never mix them in one run.
     fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
+    _RUN["journal"] = out / "journal.sqlite"  # named by any error while opening it
     try:
         j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
     except JournalMismatch as e:
