@@ -171,7 +171,7 @@ def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
     assert run["argv"][0] == "plane" and run["theta0_sha256"] and run["data_sha256"]["train"]
     assert run["fingerprint"]["steps"] == STEPS
     rerun = subprocess.run(
-        [sys.executable, "-m", "lossmap", "rerun", str(out)],
+        [sys.executable, "-m", "lossmap", "rerun", str(out), "--model", spec],
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -176,3 +177,94 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(monkeypatch, mlp_data, caplo
     assert s.meta["engine"]["oom_halvings"] > 0 and s.meta["engine"]["chunk_size"] <= 2
     assert any("halving the chunk" in r.message for r in caplog.records)
     np.testing.assert_allclose(s["loss"], ref["loss"], rtol=1e-6)
+
+
+def test_damaged_rows_are_not_returned(tmp_path: Path, caplog) -> None:
+    """A row whose bytes changed after it was written fails its checksum: rows() leaves
+    it out (the engine computes it again) and a warning names the journal."""
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, {"a": 1})
+    j.add_rows("line", np.arange(6), np.arange(18.0).reshape(6, 3))
+    db = sqlite3.connect(path)
+    for i in (1, 4):
+        (data,) = db.execute("SELECT data FROM rows WHERE idx = ?", (i,)).fetchone()
+        flipped = bytes([data[0] ^ 0x01]) + data[1:]
+        db.execute("UPDATE rows SET data = ? WHERE idx = ?", (flipped, i))
+    db.execute("UPDATE rows SET idx = 7 WHERE idx = 5")  # a row moved to another key
+    db.commit()
+    db.close()
+    with caplog.at_level("WARNING", logger="lossmap"):
+        idx, rows = j.rows("line", 3)
+    assert idx.tolist() == [0, 2, 3]
+    assert rows.tolist() == np.arange(18.0).reshape(6, 3)[[0, 2, 3]].tolist()
+    assert any(str(path) in r.message and "3 rows" in r.message for r in caplog.records)
+    j.close()
+
+
+def test_damaged_blob_is_missing_work(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, {})
+    j.put("average/0", np.arange(4.0))
+    j._db.execute("UPDATE blobs SET data = ? WHERE key = 'average/0'", (b"garbage",))
+    assert j.get("average/0") is None  # recomputed, never np.load's error
+    j.put("average/0", np.arange(4.0))
+    assert j.get("average/0").tolist() == [0.0, 1.0, 2.0, 3.0]  # type: ignore[union-attr]
+    j.close()
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_journal_behind_a_link_is_refused(tmp_path: Path, suffix: str) -> None:
+    other = tmp_path / "other.db"
+    other.write_bytes(b"")
+    (tmp_path / f"journal.sqlite{suffix}").symlink_to(other)
+    for kw in ({}, {"restart": True}, {"read_only": True}):
+        with pytest.raises(ValueError, match="symbolic link"):
+            Journal(tmp_path / "journal.sqlite", {"a": 1}, **kw)  # type: ignore[arg-type]
+    assert other.read_bytes() == b""
+
+
+def test_read_only_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path, {"a": 1}) as j:
+        j.start("line", 5)
+        j.add_rows("line", np.arange(3), np.ones((3, 2)))
+        run_id = j.run_id
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with Journal(path, read_only=True) as j:
+        assert j.run_id == run_id and j.fingerprint == {"a": 1}
+        assert j.progress()["line"]["done"] == 3
+        with pytest.raises(sqlite3.OperationalError):
+            j.set_meta("x", 1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_run_id_is_kept_on_resume_and_new_on_restart(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path, {"a": 1}) as j:
+        first = j.run_id
+    with Journal(path, {"a": 1}) as j:
+        assert j.run_id == first and first
+    with Journal(path, {"a": 1}, restart=True) as j:
+        assert j.run_id != first
+
+
+def test_stale_temporaries_match_atomic_path_only(tmp_path: Path) -> None:
+    from lossmap.results import atomic_path, stale_temporaries
+
+    class Killed(BaseException):
+        pass
+
+    leftovers = []
+    for name in ("surface.h5", "path.h5", "run.json", "surface.csv"):
+        with pytest.raises(Killed), atomic_path(tmp_path / name) as tmp:
+            tmp.write_text("x")
+            leftovers.append(tmp.name)
+            os.link(tmp, tmp.with_name(tmp.name + ".kept"))  # survives the cleanup
+            raise Killed
+    kept = sorted(p.name[: -len(".kept")] for p in tmp_path.glob("*.kept"))
+    for k in kept:
+        (tmp_path / (k + ".kept")).rename(tmp_path / k)
+    (tmp_path / "surface.h5").write_text("mine")
+    (tmp_path / "notes.tmp.txt").write_text("mine")
+    (tmp_path / "link.abcdefgh.tmp.h5").symlink_to(tmp_path / "surface.h5")
+    assert sorted(p.name for p in stale_temporaries(tmp_path)) == sorted(leftovers)

@@ -14,6 +14,8 @@ import csv
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -250,6 +252,25 @@ class Spectrum:
         return _write_h5(Path(path), self.kind, self.meta, {"arrays": arrays}, attrs)
 
 
+# The names atomic_path gives its temporary files: "<name>.<8 random>.tmp<suffix>"
+# (tempfile.mkstemp's random part is 8 characters of [a-z0-9_]).
+_TEMPORARY = re.compile(r"^.+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`atomic_path` left in ``folder`` (not below it) when
+    its process was killed before the rename: regular files only, never links."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        try:
+            regular = stat.S_ISREG(os.lstat(p).st_mode)
+        except OSError:
+            continue
+        if regular and _TEMPORARY.match(p.name):
+            out.append(p)
+    return out
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path next to ``path``, renamed onto it when the block succeeds and
@@ -261,8 +282,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)  # a full disk is reported with the file it was writing
         raise
 
 
@@ -293,6 +316,71 @@ def _write_h5(
 
 _KINDS: dict[str, type[Result]] = {"curve": Curve, "surface": Surface}
 
+# The largest grid lossmap computes (lossmap.slices.MAX_POINTS), and a bound on all the
+# values a file may make load() read: a small compressed file can declare a huge
+# dataset, so shapes are checked against the grid before anything is read.
+_MAX_GRID = 10_000_000
+_MAX_VALUES = 100_000_000
+
+
+def _checked_shapes(f: Any, kind: str, path: Path) -> dict[str, dict[str, Any]]:
+    """The datasets load() will read, after checking that each is a numeric dataset whose
+    shape is the one the result's own grid (coordinate axes) implies.
+
+    Raises ValueError naming the first dataset that does not fit."""
+    import h5py
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid lossmap result ({why}); was it altered?")
+
+    groups: dict[str, dict[str, Any]] = {}
+    for g in ("coords", "values", "arrays"):
+        if g not in f:
+            continue
+        try:
+            order = json.loads(f.attrs[f"{g}_order"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"no readable list of {g!r}") from None
+        if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
+            raise bad(f"the list of {g!r} is not a list of names")
+        groups[g] = {}
+        for k in order:
+            link = f[g].get(k, getlink=True) if k in f[g] else None
+            if not isinstance(link, h5py.HardLink):  # no links into other files
+                raise bad(f"{g}/{k} is missing or a link")
+            ds = f[g][k]
+            if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiub":
+                raise bad(f"{g}/{k} is not a numeric dataset")
+            if ds.external or ds.is_virtual:  # data kept in other files
+                raise bad(f"{g}/{k} stores its data in another file")
+            groups[g][k] = ds
+    if kind == "spectrum":
+        a = groups.get("arrays", {})
+        if not {"sigma", "matvecs"} <= set(f.attrs):
+            raise bad("a spectrum needs its sigma and matvecs")
+        if set(a) != {"grid", "density", "nodes", "weights"}:
+            raise bad("a spectrum needs grid, density, nodes and weights")
+        n = a["grid"].shape
+        if len(n) != 1 or a["density"].shape != n or n[0] > _MAX_GRID:
+            raise bad(f"density {a['density'].shape} does not match its grid {n}")
+        m = a["nodes"].shape
+        if len(m) != 2 or a["weights"].shape != m or math.prod(m) > _MAX_GRID:
+            raise bad(f"weights {a['weights'].shape} do not match the nodes {m}")
+        return groups
+    coords, values = groups.get("coords", {}), groups.get("values", {})
+    if not coords or not values:
+        raise bad("no coordinates or no values")
+    for k, ds in coords.items():
+        if len(ds.shape) != 1 or ds.shape[0] > _MAX_GRID:
+            raise bad(f"coordinate {k!r} has shape {ds.shape}, not one axis of a grid")
+    grid = tuple(ds.shape[0] for ds in coords.values())
+    if math.prod(grid) > _MAX_GRID or math.prod(grid) * len(values) > _MAX_VALUES:
+        raise bad(f"a grid of {' x '.join(map(str, grid))} with {len(values)} values is too large")
+    for k, ds in values.items():
+        if ds.shape != grid:
+            raise bad(f"values {k!r} have shape {ds.shape}, but the grid is {grid}")
+    return groups
+
 
 def load(path: str | os.PathLike[str]) -> Result | Spectrum:
     """Read a result written by ``save`` (an HDF5 file): Curve, Surface or Spectrum.
@@ -313,12 +401,14 @@ def load(path: str | os.PathLike[str]) -> Result | Spectrum:
                 kind = kind.decode()
             if kind not in (*_KINDS, "spectrum"):
                 raise ValueError(f"{path} is not a lossmap result file (no known 'lossmap_kind')")
-            meta = json.loads(f.attrs["meta"])
-            groups = {
-                g: {k: f[g][k][()] for k in json.loads(f.attrs[f"{g}_order"])}
-                for g in ("coords", "values", "arrays")
-                if g in f
-            }
+            try:
+                meta = json.loads(f.attrs["meta"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path} has no readable metadata; was it altered?") from None
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path}: its metadata is not a mapping; was it altered?")
+            checked = _checked_shapes(f, kind, path)
+            groups = {g: {k: ds[()] for k, ds in arrays.items()} for g, arrays in checked.items()}
             extra = {k: f.attrs[k] for k in ("sigma", "matvecs") if k in f.attrs}
     except OSError as e:
         raise ValueError(f"cannot read {path} as HDF5 ({e}); is it a lossmap result?") from None

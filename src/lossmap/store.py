@@ -18,7 +18,15 @@ The journal holds
 - *blobs*: any other finished unit of work (``get``/``put`` of numpy arrays), used by
   sampling loops and curve fitting;
 - *progress*: totals and timestamps, so that ``lossmap status`` can report done/total
-  and an ETA while a run is going or after it died.
+  and an ETA while a run is going or after it died;
+- a *run id*, made when the journal is created: ``run.json`` records it, so that
+  ``lossmap status`` can tell the results of this run from older ones.
+
+Every stored row and blob carries a CRC-32 of its key and bytes, written in the same
+transaction and checked on read: a damaged row is not returned (the engine computes it
+again) and a warning names the file. The journal is never opened through a symbolic
+link (lossmap must not write into another program's database), and ``read_only=True``
+(``lossmap status``) writes nothing.
 
 >>> import tempfile, numpy as np
 >>> with tempfile.TemporaryDirectory() as d:
@@ -34,9 +42,14 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import sqlite3
+import stat
 import time
+import urllib.request
+import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,13 +58,43 @@ import numpy as np
 
 __all__ = ["Journal", "JournalMismatch", "fingerprint_diff", "hash_tensors"]
 
+log = logging.getLogger("lossmap")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
     view TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, t REAL NOT NULL,
-    PRIMARY KEY (view, idx));
-CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB NOT NULL, t REAL NOT NULL);
+    crc INTEGER, PRIMARY KEY (view, idx));
+CREATE TABLE IF NOT EXISTS blobs (
+    key TEXT PRIMARY KEY, data BLOB NOT NULL, t REAL NOT NULL, crc INTEGER);
 """
+
+# The files SQLite keeps next to a database: none of them may be a link.
+_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def _crc(key: str, data: bytes) -> int:
+    """CRC-32 of a stored unit's key and bytes (a row moved to another key fails it too)."""
+    return zlib.crc32(data, zlib.crc32(key.encode() + b"\0"))
+
+
+def _check_files(path: Path) -> None:
+    """Refuse a journal (or a SQLite side file) that is a link or not a regular file:
+    writing through it would change a file outside the run folder."""
+    for suffix in _SIDECARS:
+        p = Path(str(path) + suffix)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ValueError(
+                f"{p} is a symbolic link; lossmap never opens its journal through a link "
+                "(it would write into the file it points to): remove the link or choose "
+                "another --out"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{p} is not a regular file; remove it or choose another --out")
 
 
 class JournalMismatch(ValueError):
@@ -110,6 +153,12 @@ class Journal:
             holds another fingerprint, :class:`JournalMismatch` is raised naming the
             differences, unless ``restart=True``, which discards the old journal.
         restart: start afresh even if the journal exists.
+        read_only: only read (``lossmap status``): nothing is created or written, not
+            even SQLite's side files where the folder does not already hold them.
+
+    Raises:
+        ValueError: the file (or a SQLite side file) is a symbolic link or not a regular
+            file, or is not a lossmap journal.
     """
 
     def __init__(
@@ -118,26 +167,41 @@ class Journal:
         fingerprint: Mapping[str, Any] | None = None,
         *,
         restart: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
-        if restart:
-            for suffix in ("", "-wal", "-shm"):
+        self.read_only = read_only
+        _check_files(self.path)
+        if restart and not read_only:
+            for suffix in _SIDECARS:
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                for table in ("rows", "blobs"):  # journals written before checksums
+                    cols = [c[1] for c in self._db.execute(f"PRAGMA table_info({table})")]
+                    if "crc" not in cols:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
+            old = self.meta("fingerprint")
         except sqlite3.DatabaseError as e:
             raise ValueError(
                 f"{self.path} is not a lossmap journal ({e}); delete it or pass --restart"
             ) from None
         fp = json.loads(json.dumps(dict(fingerprint or {}), default=str))
-        old = self.meta("fingerprint")
+        self.previous_pid: int | None = self.meta("pid")
+        if read_only:
+            self.fingerprint: dict[str, Any] = old or {}
+            return
         if old is None:
             with self._tx():
                 self._set_meta("fingerprint", fp)
                 self._set_meta("created", time.time())
+                self._set_meta("run_id", uuid.uuid4().hex)
         elif fingerprint is not None and old != fp:
             diff = fingerprint_diff(old, fp)
             self.close()
@@ -146,9 +210,28 @@ class Journal:
                 f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); "
                 "re-run with --restart to discard it, or choose another --out"
             )
-        self.fingerprint: dict[str, Any] = fp if old is None else old
+        self.fingerprint = fp if old is None else old
+        if self.meta("run_id") is None:  # a journal from before run ids
+            self.set_meta("run_id", uuid.uuid4().hex)
         if fingerprint is not None:  # a writer: status reports whether it is alive
             self._set_meta("pid", os.getpid())
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """``mode=ro``; a WAL database whose ``-shm`` is absent (a run that closed
+        cleanly) cannot be opened that way without creating it, so it is opened as
+        ``immutable`` then: nothing is writing to it."""
+        url = "file:" + urllib.request.pathname2url(str(self.path.absolute()))
+        shm = Path(str(self.path) + "-shm")
+        mode = "mode=ro" if shm.exists() else "mode=ro&immutable=1"
+        db = sqlite3.connect(f"{url}?{mode}", uri=True, timeout=30.0, isolation_level=None)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+
+    @property
+    def run_id(self) -> str | None:
+        """Made when the journal was created; ``run.json`` records the same id."""
+        rid = self.meta("run_id")
+        return str(rid) if rid is not None else None
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -179,15 +262,26 @@ class Journal:
     # ---------------------------------------------------------------- blobs
     def get(self, key: str) -> np.ndarray | None:
         """The array stored under ``key``, or ``None`` if that work is not done."""
-        row = self._db.execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
-        return _load(row[0]) if row is not None else None
+        row = self._db.execute("SELECT data, crc FROM blobs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row[1] != _crc(key, row[0]):
+            self._damaged(f"the unit {key!r}")
+            return None
+        try:
+            return _load(row[0])
+        except ValueError as e:
+            raise ValueError(
+                f"{self.path}: the stored unit {key!r} is unreadable ({e}); pass --restart"
+            ) from None
 
     def put(self, key: str, value: np.ndarray) -> None:
         """Store ``value`` under ``key``, durably, in one transaction."""
+        data = _dump(value)
         with self._tx():
             self._db.execute(
-                "INSERT OR REPLACE INTO blobs (key, data, t) VALUES (?, ?, ?)",
-                (key, _dump(value), time.time()),
+                "INSERT OR REPLACE INTO blobs (key, data, t, crc) VALUES (?, ?, ?, ?)",
+                (key, data, time.time(), _crc(key, data)),
             )
 
     # ----------------------------------------------------------------- rows
@@ -203,15 +297,24 @@ class Journal:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         with self._tx():
             self._db.executemany(
-                "INSERT OR REPLACE INTO rows (view, idx, data, t) VALUES (?, ?, ?, ?)",
-                [(view, int(i), r.tobytes(), now) for i, r in zip(idx, rows, strict=True)],
+                "INSERT OR REPLACE INTO rows (view, idx, data, t, crc) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (view, int(i), r.tobytes(), now, _crc(f"{view}/{int(i)}", r.tobytes()))
+                    for i, r in zip(idx, rows, strict=True)
+                ],
             )
 
     def rows(self, view: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(idx [m], rows [m, width])`` of the finished points of ``view``."""
-        got = self._db.execute(
-            "SELECT idx, data FROM rows WHERE view = ? ORDER BY idx", (view,)
+        """``(idx [m], rows [m, width])`` of the finished points of ``view``.
+
+        Rows whose checksum fails are left out (so the engine computes them again),
+        with a warning naming the journal."""
+        stored = self._db.execute(
+            "SELECT idx, data, crc FROM rows WHERE view = ? ORDER BY idx", (view,)
         ).fetchall()
+        got = [g for g in stored if g[2] == _crc(f"{view}/{g[0]}", g[1])]
+        if len(got) < len(stored):
+            self._damaged(f"{len(stored) - len(got)} rows of {view!r}")
         idx = np.array([g[0] for g in got], dtype=np.int64)
         rows = np.empty((len(got), width))
         for j, g in enumerate(got):
@@ -223,6 +326,10 @@ class Journal:
                 )
             rows[j] = r
         return idx, rows
+
+    def _damaged(self, what: str) -> None:
+        self.damaged = getattr(self, "damaged", 0) + 1
+        log.warning("%s: %s failed the checksum (damaged): computing again", self.path, what)
 
     def progress(self) -> dict[str, Any]:
         """Per view: done, total, first/last write time, points per second, ETA (s)."""

@@ -40,7 +40,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
     SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
-    _RUN.update(argv=list(sys.argv[1:] if argv is None else argv), journal=None, signal=None)
+    _RUN.update(
+        argv=list(sys.argv[1:] if argv is None else argv), journal=None, run_id=None, signal=None
+    )
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread (embedded use)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -57,13 +59,19 @@ def main(argv: list[str] | None = None) -> None:
     except sqlite3.Error as e:  # the journal: disk full, or a file that is not ours
         where = _RUN.get("journal") or "the run journal"
         typer.echo(
-            f"error: could not write {where}: {e}; free space or choose another --out", err=True
+            f"error: could not write {where}: {e}; free space or choose another --out "
+            "(or pass --restart if the journal is damaged)",
+            err=True,
         )
         sys.exit(1)
     except OSError as e:  # disk full, permissions, ... while writing
         name = f" {e.filename}" if getattr(e, "filename", None) else ""
+        # HDF5 explains a failed write over several lines: the first says what failed.
+        why = " ".join(str(e.strerror or e).strip().splitlines()[:1]).strip()[:200]
+        if e.errno is not None and os.strerror(e.errno) not in why:
+            why = f"{os.strerror(e.errno)} ({why})" if why else os.strerror(e.errno)
         typer.echo(
-            f"error: could not write{name}: {e.strerror or e}; free space or choose another --out",
+            f"error: could not write{name}: {why}; free space or choose another --out",
             err=True,
         )
         sys.exit(1)

@@ -28,7 +28,7 @@ class CliError(Exception):
 
 
 # What main() needs to report an interruption and what run.json records of the call.
-_RUN: dict[str, Any] = {"argv": [], "journal": None}
+_RUN: dict[str, Any] = {"argv": [], "journal": None, "run_id": None}
 
 
 class Example(str, enum.Enum):
@@ -43,6 +43,16 @@ class Norm(str, enum.Enum):
     model = "model"
     unit = "unit"
     none = "none"
+
+
+class Strategy(str, enum.Enum):
+    """The engine's strategies (``lossmap.evaluate.STRATEGIES``), checked by typer."""
+
+    auto = "auto"
+    loop = "loop"
+    vmap = "vmap"
+    affine = "affine"
+    affine_vmap = "affine-vmap"
 
 
 class Device(str, enum.Enum):
@@ -87,7 +97,9 @@ IgnoreOpt = Annotated[
 ]
 
 
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random directions.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random directions.")
+]
 
 
 DeviceOpt = Annotated[Device, typer.Option("--device")]
@@ -138,9 +150,7 @@ MaxHoursOpt = Annotated[
 ]
 
 
-StrategyOpt = Annotated[
-    str, typer.Option("--strategy", help="Engine strategy: auto, loop, vmap, affine, affine-vmap.")
-]
+StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="Engine strategy.")]
 
 
 def _human(seconds: float) -> str:
@@ -170,12 +180,32 @@ def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
 
     # Another lossmap version may compute other values: never mix them in one run.
     fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
+    _RUN["journal"] = out / "journal.sqlite"  # named by any error while opening it
     try:
         j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
     except JournalMismatch as e:
         raise CliError(str(e)) from None
     _RUN["journal"] = j.path
+    _RUN["run_id"] = j.run_id
+    if not _alive(j.previous_pid):  # its temporaries are stale: a killed final write
+        from lossmap.results import stale_temporaries
+
+        for tmp in stale_temporaries(out):
+            tmp.unlink(missing_ok=True)
     return j
+
+
+def _alive(pid: Any) -> bool:
+    """Whether another process with this id runs (a journal's last writer)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def _prepare_out(out: Path) -> Path:
@@ -302,6 +332,7 @@ def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[st
     return {
         "argv": list(_RUN["argv"]),
         "cwd": os.getcwd(),
+        "run_id": _RUN.get("run_id"),
         "device": str(land.device),
         "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
         "data_sha256": fp.get("data") or _data_hash(land),

@@ -60,7 +60,7 @@ def _import_factory(spec: str) -> Callable[[], Any]:
         sys.modules[path.stem] = module
         try:
             loader_spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise CliError(f"--model: importing {path} failed: {type(e).__name__}: {e}") from None
     else:
         sys.path.insert(0, os.getcwd())
@@ -71,7 +71,7 @@ def _import_factory(spec: str) -> Callable[[], Any]:
                 f"--model: cannot import {mod_name!r} ({e}); run from its folder, set PYTHONPATH, "
                 "or give a file path 'path/to/file.py:factory'"
             ) from None
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise CliError(
                 f"--model: importing {mod_name!r} failed: {type(e).__name__}: {e}"
             ) from None
@@ -97,8 +97,13 @@ def build_landscape(model: str | None, example: Example | None, device: Device) 
     factory = _import_factory(str(model))
     try:
         made = factory()
-    except Exception as e:
-        raise CliError(f"--model: the factory {model!r} raised {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit, GeneratorExit) as e:  # not KeyboardInterrupt: Ctrl-C
+        what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else "raised"
+        detail = "" if isinstance(e, SystemExit) else f" {type(e).__name__}: {e}"
+        raise CliError(
+            f"--model: the factory {model!r} {what}{detail}; it must return a Landscape or "
+            "(model, criterion, data)"
+        ) from None
     if isinstance(made, lm.Landscape):
         return made if dev is None or str(made.device) == dev else _rebuild(made, dev)
     if isinstance(made, tuple) and len(made) == 3:
@@ -164,29 +169,67 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
     ``{"state_dict": ...}`` as Lightning writes them; ``key`` names the place
     explicitly, dotted for deeper levels: ``"ema.model"``). ``trust=True`` allows full
     unpickling, which runs code from the file: only for files the user trusts.
+    ``.safetensors`` files (detected by their layout) load with ``safetensors`` when it
+    is installed.
     """
+    if not path.is_file():
+        raise CliError(f"--checkpoint: no file {path}")
+    obj = _load_safetensors(path) if _is_safetensors(path) else _torch_load(path, trust)
+    return _state_dict(obj, path, key)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 1e8
+
+
+def _load_safetensors(path: Path) -> Any:
+    """A ``.safetensors`` checkpoint (tensors only: nothing in it can run code)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CliError(
+            f"--checkpoint {path} is a safetensors file; pip install safetensors to read it"
+        ) from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CliError(
+            f"--checkpoint {path} is not a readable safetensors file ({msg}); is it truncated "
+            "or corrupt?"
+        ) from None
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
     import pickle
 
     import torch
 
-    if not path.is_file():
-        raise CliError(f"--checkpoint: no file {path}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         text = str(e)
+        # torch words the weights_only refusal "Unsupported global: GLOBAL x" or
+        # "unsupported GLOBAL posix.system whose module posix is blocked".
+        objects = "unsupported global" in text.lower()
         raw_pickle = _is_whole_pickle(path)
-        if raw_pickle and "Unsupported global" not in text:
+        if raw_pickle and not objects:
             raise CliError(
                 f"--checkpoint {path} is a plain pickle, which could run code when loaded; "
                 "re-save it with torch.save(model.state_dict(), path), or pass "
                 "--trust-checkpoint if you trust the file"
             ) from None
-        if "Unsupported global" not in text:  # not a pickle of objects: a damaged file
+        if not objects:  # not a pickle of objects: a damaged file
             detail = next(
-                (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "bad data"
+                (ln.strip() for ln in text.splitlines() if "unsupported" in ln.lower()),
+                "bad data",
             )
             raise CliError(
                 f"--checkpoint {path} is not a readable PyTorch file ({detail}); is it truncated or corrupt?"
@@ -203,6 +246,13 @@ def load_checkpoint(path: Path, *, key: str | None = None, trust: bool = False) 
             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'}); "
             "is it truncated or corrupt?"
         ) from None
+    return obj
+
+
+def _state_dict(obj: Any, path: Path, key: str | None) -> dict[str, Any]:
+    """The state dict inside a loaded checkpoint (see :func:`load_checkpoint`)."""
+    import torch
+
     if key is not None:
         for part in key.split("."):
             if not isinstance(obj, Mapping) or part not in obj:
@@ -249,6 +299,32 @@ def _align_prefix(sd: dict[str, Any], expected: set[str]) -> dict[str, Any]:
     return sd
 
 
+def _lossy(src: Any, dst: Any) -> bool:
+    """Whether casting dtype ``src`` to ``dst`` loses values: integer or bool into
+    floating point (a checkpoint of the wrong kind), floating into integer, complex into
+    real, anything but bool into bool. Float64 into float32 only rounds, and is allowed."""
+    import torch
+
+    if src == dst:
+        return False
+    if src.is_complex:
+        return not dst.is_complex
+    if dst.is_floating_point or dst.is_complex:
+        return not src.is_floating_point
+    return src.is_floating_point or dst == torch.bool
+
+
+def _check_dtypes(sd: Mapping[str, Any], expected: Mapping[str, Any], path: Path) -> None:
+    for k, v in sd.items():
+        want = expected.get(k)
+        if want is not None and hasattr(v, "dtype") and _lossy(v.dtype, want.dtype):
+            raise CliError(
+                f"--checkpoint {path}: {k} is {str(v.dtype).removeprefix('torch.')} but the "
+                f"model's is {str(want.dtype).removeprefix('torch.')}; casting would lose its "
+                "values: save the checkpoint from this model (model.state_dict())"
+            )
+
+
 def with_checkpoint(
     land: Any, checkpoint: Path | None, *, key: str | None = None, trust: bool = False
 ) -> Any:
@@ -260,6 +336,7 @@ def with_checkpoint(
         )
     sd = load_checkpoint(checkpoint, key=key, trust=trust)
     sd = _align_prefix(sd, set(land._params0) | set(land._fixed0))
+    _check_dtypes(sd, {**land._fixed0, **land._params0}, checkpoint)
     try:
         return land.at(sd)
     except ValueError as e:

@@ -110,6 +110,9 @@ def trajectory_cmd(
     else:
         raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
     final = land.at(dict(cps[-1]))
+    from lossmap.directions import ignored_names
+
+    ignored_names(final, _ignore(ignore))  # a typo is refused before the journal is opened
     _check_budget(steps, 2, _check_theta0(final), max_hours)
     from lossmap.store import hash_tensors
 
