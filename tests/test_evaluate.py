@@ -208,24 +208,23 @@ def test_auto_is_a_fixed_rule_of_the_model_not_of_timing(kind, kw, expected, mon
     """auto consults neither a clock nor free memory: with both made to raise, it picks
     the strategy its rule names, every time, and its values are bit for bit those of
     that strategy asked for by name."""
-    n = 64 if kind.endswith("big") else 40
-    land = _landscape(kind, n=n, **kw)
-    d1, d2 = lm.directions.random(land, 2, seed=0)
 
     def no_clock() -> float:
         raise AssertionError("auto must not time anything")
 
     def no_free_memory(*_args) -> int:
-        raise AssertionError("chunk sizes must not depend on free memory")
+        raise AssertionError("sizes must not depend on free memory")
 
-    picks = set()
-    monkeypatch.setattr(evaluate.time, "perf_counter", no_clock)
     monkeypatch.setattr(lm.landscape, "available_memory", no_free_memory)
-    for _ in range(2):
-        points = Span(land.point(), [d1, d2], np.array([[0.0, 0.0], [0.5, -0.5], [1.0, 0.25]]))
-        strategy, reason = evaluate.choose(land, points)
-        picks.add((strategy, reason))
-    monkeypatch.undo()
+    land = _landscape(kind, n=64 if kind.endswith("big") else 40, **kw)
+    d1, d2 = lm.directions.random(land, 2, seed=0)
+    picks = set()
+    with monkeypatch.context() as m:
+        m.setattr(evaluate.time, "perf_counter", no_clock)
+        for _ in range(2):
+            points = Span(land.point(), [d1, d2], np.array([[0.0, 0.0], [0.5, -0.5], [1, 0.25]]))
+            strategy, reason = evaluate.choose(land, points)
+            picks.add((strategy, reason))
     assert len(picks) == 1 and strategy == expected, picks
     auto = lm.plane(land, d1, d2, steps=(5, 4))
     assert auto.meta["engine"]["strategy"] == expected

@@ -380,11 +380,7 @@ def _affine_plan(land: Landscape) -> _AffinePlan | None:
 class _Evaluator:
     """Evaluates a chunk of points on one batch with a given strategy."""
 
-    def __init__(
-        self, land: Landscape, points: PointSet, strategy: str, share: _Evaluator | None = None
-    ) -> None:
-        """``share``: an evaluator of the same points whose first-layer precomputation
-        (the affine strategies' per-batch products) this one reuses."""
+    def __init__(self, land: Landscape, points: PointSet, strategy: str) -> None:
         self.land = land
         self.points = points
         self.strategy = strategy
@@ -396,8 +392,6 @@ class _Evaluator:
                 "use strategy='auto'"
             )
         self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
-        if share is not None and share.points is points:
-            self._cache = share._cache
         self._bufs: dict[int, Tensor] = {}
         self._scratch = _Scratch()
         self._zt: dict[int, Tensor] = {}
