@@ -661,18 +661,22 @@ def _forward_bytes(land: Landscape) -> int | None:
     return sizes[0] * biggest
 
 
-def _probe(land: Landscape, points: PointSet, strategy: str, dsets: Sequence[str]) -> str:
-    """Run ``strategy`` on the first two points and the first batch: ``""`` if it runs,
-    else why not. Whether a model runs under vmap is a property of its code, not of
-    timing: the probe's answer is the same on every run."""
-    batch = next(iter(land.datasets[dsets[0]]))
+def _probe(
+    land: Landscape, points: PointSet, strategy: str, dsets: Sequence[str]
+) -> tuple[str, _Evaluator | None]:
+    """Run ``strategy`` on the first two points and the first batch: ``("", evaluator)``
+    if it runs (the run goes on with that evaluator and its per-batch caches), else
+    ``(why not, None)``. Whether a model runs under vmap is a property of its code, not
+    of timing: the probe's answer is the same on every run."""
+    ds = land.datasets[dsets[0]]
+    batch = next(iter(ds))
     idx = np.arange(min(len(points), 2))
     try:
         ev = _Evaluator(land, points, strategy)
-        ev(points.stacked(idx, ev.keys), idx, batch, cache=False)
+        ev(points.stacked(idx, ev.keys), idx, batch, cache=ds.in_memory)
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    return ""
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}", None
+    return "", ev
 
 
 def choose(
@@ -700,29 +704,39 @@ def choose(
     Returns:
         ``(strategy, reason)``.
     """
+    with land.mode(), torch.inference_mode():
+        strategy, reason, _ = _choose(land, points, datasets)
+    return strategy, reason
+
+
+def _choose(
+    land: Landscape, points: PointSet, datasets: Sequence[str] | None
+) -> tuple[str, str, _Evaluator | None]:
+    """:func:`choose`, plus the probe's evaluator where the pick was probed."""
     dsets = list(datasets) if datasets is not None else list(land.datasets)
     eligible = _eligible(land, points)
     if eligible == ["loop"]:
-        return "loop", "training mode: only loop runs it"
+        return "loop", "training mode: only loop runs it", None
     span = "affine" in eligible
     many, one = ("affine-vmap", "affine") if span else ("vmap", "loop")
     plan = affine_plan(land) if span else None
     sizes = _output_sizes(land)
     if plan is not None and plan.batched and (sizes is None or sizes[2] == 2):
         reason = "an MLP along a span: the batched features-first path"
-        err = _probe(land, points, many, dsets)
-        return (one, f"{reason} cannot run it ({err})") if err else (many, reason)
+        err, ev = _probe(land, points, many, dsets)
+        return (one, f"{reason} cannot run it ({err})", None) if err else (many, reason, ev)
     act = _forward_bytes(land)
     if act is None:
-        return one, "activation size unknown (data streamed from a loader): one point per call"
+        why = "activation size unknown (data streamed from a loader): one point per call"
+        return one, why, None
     bound = _SMALL_FORWARD_BYTES.get(land.device.type, _SMALL_FORWARD_BYTES_OTHER)
     what = f"{act / 2**20:.3g} MiB of activations per forward pass"
     if act > bound:
-        return one, f"{what} > {bound / 2**20:.3g} MiB: compute-bound, one point per call"
-    err = _probe(land, points, many, dsets)
+        return one, f"{what} > {bound / 2**20:.3g} MiB: compute-bound, one point per call", None
+    err, ev = _probe(land, points, many, dsets)
     if err:
-        return one, f"{what}: overhead-bound, but {many} cannot run it ({err})"
-    return many, f"{what} ≤ {bound / 2**20:.3g} MiB: overhead-bound, many points per call"
+        return one, f"{what}: overhead-bound, but {many} cannot run it ({err})", None
+    return many, f"{what} ≤ {bound / 2**20:.3g} MiB: overhead-bound, many points per call", ev
 
 
 def _memory_budget(land: Landscape, fraction: float) -> int:
@@ -798,12 +812,13 @@ def run(
         info["resumed_points"] = len(idx_done)
 
     with land.mode(), torch.inference_mode():
+        probed: _Evaluator | None = None
         if stored is not None:
             # Resuming: the first attempt's strategy and chunks, for identical values.
             strategy, chunk_size = str(stored["strategy"]), int(stored["chunk_size"])
             info["reason"] = f"resumed: {stored.get('reason', '')}"
         elif strategy == "auto":
-            strategy, info["reason"] = choose(land, points, dsets)
+            strategy, info["reason"], probed = _choose(land, points, dsets)
         elif strategy not in eligible:
             raise ValueError(
                 f"strategy {strategy!r} cannot run here (eligible: {', '.join(eligible)}); "
@@ -814,7 +829,8 @@ def run(
         if chunk_size is None:
             vchunk = _vmap_chunk(land, n, budget)
             chunk_size = _chunk_size(land, strategy, n, vchunk, budget, streaming)
-        ev = _Evaluator(land, points, strategy)
+        # The probe's evaluator keeps the first layer's products it computed on the data.
+        ev = probed if probed is not None else _Evaluator(land, points, strategy)
         if journal is not None and stored is None:
             journal.set_meta(
                 f"engine/{view}",
