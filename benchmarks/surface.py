@@ -6,11 +6,21 @@ Usage::
     python benchmarks/surface.py --quick    # 11 × 11, 1 repeat: results/surface-quick.md
     python benchmarks/surface.py --models AC --steps 21 --repeats 3
 
-Three models, each evaluated on one full-batch data set (the loss only, no metrics):
+Five models, each evaluated on one full-batch data set (the loss only, no metrics):
 
 - A, compute-bound: a 64-128-128-10 ReLU MLP on the 1,437 digits training images;
 - B, overhead-bound: the seed's logistic regression (float64, 2 -> 1, 400 samples);
-- C, overhead-bound: a 16-16-3 tanh MLP on 512 generated samples.
+- C, overhead-bound: a 16-16-3 tanh MLP on 512 generated samples;
+- D, compute-bound, not an ``nn.Sequential``: a residual CNN with BatchNorm (eval
+  mode, 5,306 parameters) on 512 images 3 × 16 × 16 (at most 9 × 9 points: ~0.05 s
+  per forward; loss-landscapes is not run on it);
+- E, overhead-bound, a Sequential whose chain vmap must run: a 16-32-3 ReLU MLP with
+  BatchNorm on C's data.
+
+Then, under load (two busy-loop processes running), auto and every strategy are timed
+20 times round-robin on B, C and E (31 × 31) and A (21 × 21): how often auto picked
+each strategy, whether its values were the same bits every time, and its time against
+the fastest strategy and the naive loop in the same repeats.
 
 Methods, timed round-robin (one untimed warm-up each, then the median of the repeats;
 the minimum is shown too, as the machine may be shared):
@@ -39,6 +49,7 @@ import functools
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -93,6 +104,8 @@ class Problem:
     d2: dict[str, Tensor] = field(init=False)
     normalization: str = "filter"
     ignore: tuple[str, ...] = ("bias", "norm")
+    max_steps: int | None = None  # a cap on points per axis (slow models)
+    peer: bool = True  # run loss-landscapes on it
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -146,7 +159,72 @@ def tanh_mlp() -> Problem:
     return Problem("C", "MLP 16-16-3 tanh (512 samples)", model, nn.CrossEntropyLoss(), x, y)
 
 
-PROBLEMS: dict[str, Callable[[], Problem]] = {"A": mlp_digits, "B": logreg, "C": tanh_mlp}
+class _ResidualBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))
+
+
+class ResidualCNN(nn.Module):
+    """conv-BN-ReLU stem, one residual block, global average pooling, a linear head."""
+
+    def __init__(self, c: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.block = _ResidualBlock(c)
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.block(torch.relu(self.bn(self.stem(x))))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def residual_cnn() -> Problem:
+    """D: a residual CNN with BatchNorm, 512 images labelled by a random linear teacher."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, 16, 16, generator=gen)
+    y = (x.mean(dim=(2, 3)) @ torch.randn(3, 10, generator=gen)).argmax(dim=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ResidualCNN()
+    train(model, nn.CrossEntropyLoss(), x, y, steps=20, lr=1e-2, seed=0)
+    return Problem(
+        "D",
+        "residual CNN + BatchNorm (512 × 3×16×16)",
+        model,
+        nn.CrossEntropyLoss(),
+        x,
+        y,
+        max_steps=9,
+        peer=False,
+    )
+
+
+def batchnorm_mlp() -> Problem:
+    """E: a 16-32-3 ReLU MLP with BatchNorm on C's data."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=gen)
+    y = (x @ torch.randn(16, 3, generator=gen)).argmax(dim=1)
+    model = make_mlp([16, 32, 3], seed=0, batchnorm=True)
+    train(model, nn.CrossEntropyLoss(), x, y, steps=200, lr=1e-2, seed=0)
+    return Problem("E", "MLP 16-32-3 + BatchNorm (512 samples)", model, nn.CrossEntropyLoss(), x, y)
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "A": mlp_digits,
+    "B": logreg,
+    "C": tanh_mlp,
+    "D": residual_cnn,
+    "E": batchnorm_mlp,
+}
 
 
 # ------------------------------------------------------------------ methods
@@ -166,9 +244,6 @@ def naive_plane(p: Problem, alphas: np.ndarray, betas: np.ndarray) -> np.ndarray
 
 
 def lossmap_plane(p: Problem, steps: int, strategy: str) -> lm.Surface:
-    # The landscape remembers the strategy it timed; forget it so that every "auto"
-    # run pays for its timing trial, as a user's first plane does.
-    p.land._choices.clear()
     return lm.plane(p.land, p.d1, p.d2, span=SPAN, steps=steps, strategy=strategy)
 
 
@@ -333,6 +408,7 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     ``n_forward``: forwards per repeat for the unit of cost (their median).
     """
     log("warm-up")
+    steps = min(steps, p.max_steps or steps)
     alphas = betas = grid(SPAN[0], SPAN[1], steps)
     n = steps * steps
     # One untimed run of each method (warm-up; its values serve the numerical checks).
@@ -343,6 +419,8 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     for s in eligible:
         values[s] = lossmap_plane(p, steps, s)["loss"]
     ll_ok, ll_note = loss_landscapes is not None, LL_ERROR
+    if not p.peer:
+        ll_ok, ll_note = False, "not run (cost)"
     if ll_ok:
         try:
             ll_random_plane(p, steps)
@@ -360,7 +438,6 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     times: dict[str, list[float]] = {k: [] for k in methods}
     fwd: list[float] = []
     picks: list[str] = []
-    engine_timings: list[dict[str, float]] = []
     order = list(methods)
     for r in range(repeats):
         # The unit of cost is measured in the same time windows as the methods.
@@ -374,20 +451,15 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
             times[k].append(time.perf_counter() - t0)
             if k == "auto":
                 picks.append(res.meta["engine"]["strategy"])
-                engine_timings.append(res.meta["engine"].get("timings_ms_per_point", {}))
 
     out: dict[str, Any] = {
         "problem": p,
+        "steps": steps,
         "n_points": n,
         "forward_ms": statistics.median(fwd),
         "ms": {k: median_ms_per_point(v, n) for k, v in times.items()},
         "ms_min": {k: 1000 * min(v) / n for k, v in times.items()},
         "picks": Counter(picks),
-        "trial_ms": {
-            s: statistics.median(t[s] for t in engine_timings if s in t)
-            for s in STRATEGIES
-            if any(s in t for t in engine_timings)
-        },
         "reason": auto.meta["engine"].get("reason", ""),
         "eligible": eligible,
         "ll_note": ll_note,
@@ -410,13 +482,128 @@ def bench_problem(p: Problem, steps: int, repeats: int, n_forward: int) -> dict[
     return out
 
 
+# ------------------------------------------------------------- under load
+LOAD_STEPS = {"A": 21}  # points per axis under load (default LOAD_STEPS_DEFAULT)
+LOAD_STEPS_DEFAULT = 31
+LOAD_MODELS = "ABCE"  # D is too slow to plot 20 times
+BUSY = "while True: pass"
+
+
+def bench_under_load(p: Problem, steps: int, repeats: int, busy: int) -> dict[str, Any]:
+    """auto, every eligible strategy and the naive loop, ``repeats`` times round-robin
+    while ``busy`` busy-loop processes compete for the cores."""
+    alphas = betas = grid(SPAN[0], SPAN[1], steps)
+    n = steps * steps
+    auto0 = lossmap_plane(p, steps, "auto")  # warm-up
+    eligible = [s for s in STRATEGIES if s in auto0.meta["engine"]["eligible"]]
+    methods: dict[str, Callable[[], Any]] = {
+        "naive": lambda: naive_plane(p, alphas, betas),
+        "auto": lambda: lossmap_plane(p, steps, "auto"),
+        **{s: functools.partial(lossmap_plane, p, steps, s) for s in eligible},
+    }
+    for s in eligible:
+        methods[s]()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    picks: list[str] = []
+    same_bits = True
+    order = list(methods)
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
+    try:
+        time.sleep(1.0)  # let the busy loops get going
+        load0 = os.getloadavg()[0]
+        for r in range(repeats):
+            for k in order[r % len(order) :] + order[: r % len(order)]:
+                t0 = time.perf_counter()
+                res = methods[k]()
+                times[k].append(1000 * (time.perf_counter() - t0) / n)
+                if k == "auto":
+                    picks.append(res.meta["engine"]["strategy"])
+                    same_bits &= bool(np.array_equal(res["loss"], auto0["loss"]))
+        load1 = os.getloadavg()[0]
+    finally:
+        for pr in procs:
+            pr.kill()
+            pr.wait()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fastest = min(eligible, key=lambda s: med[s])
+    per_rep_fastest = [min(times[s][r] for s in eligible) for r in range(repeats)]
+    return {
+        "problem": p,
+        "n_points": n,
+        "repeats": repeats,
+        "busy": busy,
+        "load": (load0, load1),
+        "picks": Counter(picks),
+        "same_bits": same_bits,
+        "ms": med,
+        "fastest": fastest,
+        "pick_vs_fastest": max(med[s] for s in set(picks)) / med[fastest],
+        "worst_vs_fastest": max(a / f for a, f in zip(times["auto"], per_rep_fastest, strict=True)),
+        "worst_vs_naive": min(nv / a for nv, a in zip(times["naive"], times["auto"], strict=True)),
+        "median_vs_naive": med["naive"] / med["auto"],
+    }
+
+
+def load_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    r0 = rows[0]
+    out = [
+        "## Under load: the choice repeated",
+        "",
+        f"Each model's plane {r0['repeats']} times, auto, every eligible strategy and the "
+        f"naive loop round-robin, while {r0['busy']} busy-loop processes run "
+        "(`python -c 'while True: pass'`) on this 2-core machine. auto ÷ fastest: auto's "
+        "median ms/pt over the median of the fastest strategy; worst repeat: auto over the "
+        "fastest strategy in that repeat (both noisy under load: the pick itself is the same "
+        "every time).",
+        "",
+        "| model | points | load avg (start / end) | auto's picks | same bits every run "
+        "| auto ms/pt | fastest strategy (ms/pt) | pick ÷ fastest (medians) "
+        "| auto ÷ fastest, worst repeat | speed-up vs naive, median (worst repeat) |",
+        "|---|---:|---|---|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        picks = ", ".join(f"{k} ×{v}" for k, v in r["picks"].most_common())
+        out.append(
+            f"| {r['problem'].key} | {r['n_points']:,} | {r['load'][0]:.1f} / {r['load'][1]:.1f} "
+            f"| {picks} | {'yes' if r['same_bits'] else 'NO'} | {fmt(r['ms']['auto'])} "
+            f"| {r['fastest']} ({fmt(r['ms'][r['fastest']])}) | {r['pick_vs_fastest']:.2f} "
+            f"| {r['worst_vs_fastest']:.2f} "
+            f"| {r['median_vs_naive']:.2f}× ({r['worst_vs_naive']:.2f}×) |"
+        )
+    out += ["", "Median ms/pt per method under load:", ""]
+    out += [
+        f"- {r['problem'].key}: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["ms"].items())
+        for r in rows
+    ]
+    return [*out, ""]
+
+
+def load_goals(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        key = r["problem"].key
+        ok = r["pick_vs_fastest"] <= 1.5
+        out.append(
+            f"| {key} | under load: auto's pick within 1.5× of the fastest strategy "
+            f"| {r['pick_vs_fastest']:.2f} | {'yes' if ok else 'NO'} |"
+        )
+        out.append(
+            f"| {key} | under load: auto's values the same bits in every run "
+            f"| {r['repeats'] + 1} runs | {'yes' if r['same_bits'] else 'NO'} |"
+        )
+    return out
+
+
 # ------------------------------------------------------------------ report
 
 
 def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> list[str]:
     cpu = cpu_model()
     return [
-        f"# lossmap surface benchmark: {steps} × {steps} plane ({steps * steps} points)",
+        f"# lossmap surface benchmark: {steps} × {steps} plane ({steps * steps} points; "
+        "model D at most 9 × 9)",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- CPU: {cpu} ({os.cpu_count()} logical cores), torch threads: {torch.get_num_threads()}",
@@ -425,9 +612,9 @@ def header(steps: int, repeats: int, load: tuple[float, float], code: str) -> li
         f"loss-landscapes {version('loss-landscapes')}",
         "- command: `python benchmarks/surface.py` (or `make bench`)",
         f"- median of {repeats} repeat(s) of the whole plane after one warm-up, methods "
-        "timed round-robin in a rotating order; ms/pt = plane time / points; lossmap auto includes its "
-        "strategy trial; forward = median of one full-batch forward + criterion in "
-        "inference mode, measured in every repeat",
+        "timed round-robin in a rotating order; ms/pt = plane time / points; lossmap auto includes "
+        "its choice (a rule on the model's shape; a vmap probe on two points); forward = median "
+        "of one full-batch forward + criterion in inference mode, measured in every repeat",
         f"- 1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f} (the machine "
         "is shared: compare methods within one run)",
         "",
@@ -442,10 +629,10 @@ def main_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "## Whole plane, per point",
         "",
-        "| model | params | samples | naive ms/pt | loss-landscapes ms/pt "
+        "| model | params | samples | points | naive ms/pt | loss-landscapes ms/pt "
         "| lossmap auto ms/pt (strategy) | speed-up vs naive | lossmap ms/pt ÷ forward "
         "| max abs Δ vs naive (rel) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         p: Problem = r["problem"]
@@ -453,7 +640,8 @@ def main_table(rows: list[dict[str, Any]]) -> list[str]:
         ll = fmt(ms["loss-landscapes"]) if "loss-landscapes" in ms else r["ll_note"]
         picks = ", ".join(f"{k} ×{v}" for k, v in r["picks"].most_common())
         out.append(
-            f"| {p.key}. {p.name} | {p.n_params:,} | {p.n_samples:,} | {fmt(ms['naive'])} "
+            f"| {p.key}. {p.name} | {p.n_params:,} | {p.n_samples:,} | {r['n_points']:,} "
+            f"| {fmt(ms['naive'])} "
             f"| {ll} | {fmt(ms['auto'])} ({picks}) | {ms['naive'] / ms['auto']:.2f}× "
             f"| {ms['auto'] / r['forward_ms']:.2f} "
             f"| {r['abs']['auto']:.2e} ({r['rel']['auto']:.1e}) |"
@@ -473,13 +661,11 @@ def strategy_table(rows: list[dict[str, Any]]) -> list[str]:
         "## lossmap strategies",
         "",
         "| model | method | ms/pt median (min) | speed-up vs naive "
-        "| speed-up vs loss-landscapes | ÷ forward | max rel Δ vs naive "
-        "| auto's trial ms/pt (median) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| speed-up vs loss-landscapes | ÷ forward | max rel Δ vs naive |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         key = r["problem"].key
-        trial = r["trial_ms"]
         ll = r["ms"].get("loss-landscapes")
         for s in ("naive", "loss-landscapes", "auto", *r["eligible"]):
             if s not in r["ms"]:
@@ -495,10 +681,9 @@ def strategy_table(rows: list[dict[str, Any]]) -> list[str]:
             rel = f"{r['rel'][s]:.1e}" if s in r["rel"] else "–"
             out.append(
                 f"| {key} | {label} | {fmt(ms)} ({fmt(r['ms_min'][s])}) "
-                f"| {r['ms']['naive'] / ms:.2f}× | {vs_ll} | {ms / r['forward_ms']:.2f} | {rel} "
-                f"| {fmt(trial[s]) if s in trial else '–'} |"
+                f"| {r['ms']['naive'] / ms:.2f}× | {vs_ll} | {ms / r['forward_ms']:.2f} | {rel} |"
             )
-    out += ["", "auto's reasons (last run):", ""]
+    out += ["", "auto's reasons (its rule, no timing):", ""]
     out += [f"- {r['problem'].key}: {r['reason']}" for r in rows]
     return [*out, ""]
 
@@ -577,11 +762,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="11 × 11, 1 repeat (smoke test)")
     ap.add_argument("--steps", type=int, default=None, help="points per axis (default 41)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
-    ap.add_argument("--models", default="ABC", help="which models, e.g. 'AC' (default ABC)")
+    ap.add_argument("--models", default="ABCDE", help="which models, e.g. 'AC' (default ABCDE)")
+    ap.add_argument(
+        "--load-repeats",
+        type=int,
+        default=None,
+        help="planes per method under load (default 20, --quick 3; 0: skip)",
+    )
+    ap.add_argument("--busy", type=int, default=2, help="busy-loop processes under load")
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write")
     args = ap.parse_args(argv)
     steps = args.steps or (11 if args.quick else 41)
     repeats = args.repeats or (1 if args.quick else 5)
+    load_repeats = args.load_repeats if args.load_repeats is not None else (3 if args.quick else 20)
     if steps < 3 or repeats < 1:
         ap.error("--steps must be >= 3 and --repeats >= 1")
     unknown = set(args.models) - set(PROBLEMS)
@@ -596,9 +789,18 @@ def main(argv: list[str] | None = None) -> int:
             p = PROBLEMS[key]()
             print(f"[{key}] {p.name}: {p.n_params:,} parameters ...", file=sys.stderr, flush=True)
             rows.append(bench_problem(p, steps, repeats, n_forward=20 if args.quick else 50))
+    loaded = []
+    if load_repeats > 0:
+        for r in rows:
+            p = r["problem"]
+            if p.key in LOAD_MODELS:
+                k = 11 if args.quick else LOAD_STEPS.get(p.key, LOAD_STEPS_DEFAULT)
+                print(f"[{p.key}] under load, {k} × {k} ...", file=sys.stderr, flush=True)
+                loaded.append(bench_under_load(p, k, load_repeats, args.busy))
 
     lines = header(steps, repeats, (load0, os.getloadavg()[0]), code)
-    lines += main_table(rows) + strategy_table(rows) + ll_table(rows) + goals_table(rows)
+    lines += main_table(rows) + strategy_table(rows) + ll_table(rows) + load_table(loaded)
+    lines += goals_table(rows)[:-1] + load_goals(loaded) + [""]
     bad = [
         f"{r['problem'].key}/{s}: max rel Δ {v:.2e}"
         for r in rows

@@ -44,7 +44,6 @@ def test_explicit_points_and_auto_metadata(mlp_data) -> None:
     res = run(land, Explicit([lm.vectors.add(land.point(), d, alpha=0.1) for d in dirs]))
     info = res.info
     assert info["strategy"] in info["eligible"] and "reason" in info
-    assert set(info["timings_ms_per_point"]) <= set(info["eligible"])
     assert "affine" not in info["eligible"]  # explicit points are not a span
     ref = land.evaluate(
         [lm.vectors.add(land.point(), d, alpha=0.1) for d in dirs[:3]], strategy="loop"
@@ -126,48 +125,151 @@ def test_batched_losses_match_the_loop(kind, tiles, monkeypatch) -> None:
         )
 
 
-def test_auto_values_are_bit_identical_to_its_pick_run_alone(mlp_data) -> None:
-    """auto keeps the rows its timing trial computed: they must be exactly the rows the
-    chosen strategy computes on its own (same chunks, same arithmetic)."""
-    model, x, y = mlp_data
-    land = lm.Landscape(
-        model, nn.CrossEntropyLoss(), data={"train": (x, y), "test": (x[:30], y[:30])}
-    )
+class _Residual(nn.Module):
+    """Not an nn.Sequential: a conv, BatchNorm (eval mode) and a skip connection."""
+
+    def __init__(self, c: int = 4, k: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.head = nn.Linear(c, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        h = torch.relu(h + self.conv2(h))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: runs one point at a time, never under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x)
+        return out if bool(out.sum() > 0) else -out
+
+
+def _landscape(kind: str, n: int = 40, **kw) -> lm.Landscape:
+    """Small landscapes of each class the rule tells apart (BatchNorm with non-trivial
+    running statistics, evaluated in eval mode)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind in ("mlp", "branchy"):
+            x = torch.randn(n, 5, generator=g)
+            model = (
+                _Branchy()
+                if kind == "branchy"
+                else nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+            )
+        elif kind == "cnn":  # Sequential, BatchNorm after the first conv
+            x = torch.randn(n, 2, 6, 6, generator=g)
+            model = nn.Sequential(
+                nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+            )
+        elif kind in ("residual", "residual-big"):
+            size = 32 if kind == "residual-big" else 6
+            x = torch.randn(n, 2, size, size, generator=g)
+            model = _Residual(c=8 if kind == "residual-big" else 4, k=3)
+        elif kind == "cnn-big":
+            x = torch.randn(n, 2, 32, 32, generator=g)
+            model = nn.Sequential(
+                nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 3)
+            )
+        else:
+            raise ValueError(kind)
+        model.train()
+        with torch.no_grad():
+            model(x)  # BatchNorm running statistics as after training
+        model.eval()
+    y = torch.randint(0, 3, (n,), generator=g)
+    data = CountingLoader(x, y, 10) if kw.get("cache_bytes") == 0 else (x, y)
+    return lm.Landscape(model, nn.CrossEntropyLoss(), data=data, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw", "expected"),
+    [
+        ("mlp", {}, "affine-vmap"),  # the batched features-first path
+        ("cnn", {}, "affine-vmap"),  # small activations: overhead-bound
+        ("cnn-big", {}, "affine"),  # 1.9 MiB of activations: compute-bound
+        ("residual", {}, "vmap"),
+        ("residual-big", {}, "loop"),
+        ("residual", {"train_mode": True}, "loop"),
+        ("residual", {"cache_bytes": 0}, "loop"),  # streamed: activation size unknown
+        ("branchy", {}, "loop"),  # vmap cannot run data-dependent control flow
+    ],
+)
+def test_auto_is_a_fixed_rule_of_the_model_not_of_timing(kind, kw, expected, monkeypatch) -> None:
+    """auto consults neither a clock nor free memory: with both made to raise, it picks
+    the strategy its rule names, every time, and its values are bit for bit those of
+    that strategy asked for by name."""
+
+    def no_clock() -> float:
+        raise AssertionError("auto must not time anything")
+
+    def no_free_memory(*_args) -> int:
+        raise AssertionError("sizes must not depend on free memory")
+
+    monkeypatch.setattr(lm.landscape, "available_memory", no_free_memory)
+    land = _landscape(kind, n=64 if kind.endswith("big") else 40, **kw)
     d1, d2 = lm.directions.random(land, 2, seed=0)
-    for _ in range(3):  # whichever strategy the timing picks
-        land._choices.clear()
-        auto = lm.plane(land, d1, d2, steps=(9, 7))
-        pick = auto.meta["engine"]["strategy"]
-        alone = lm.plane(land, d1, d2, steps=(9, 7), strategy=pick)
-        for k in auto.values:
-            np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=f"{pick} {k}")
-
-
-@pytest.mark.parametrize("winner", ["affine", "affine-vmap"])
-def test_auto_keeps_the_trial_rows_of_either_winner(mlp_data, monkeypatch, winner) -> None:
-    import time
-
-    from lossmap import evaluate
-
-    model, x, y = mlp_data
-    land = lm.Landscape(
-        model, nn.CrossEntropyLoss(), data={"train": (x, y), "test": (x[:30], y[:30])}
-    )
-    d1, d2 = lm.directions.random(land, 2, seed=0)
-    alone = lm.plane(land, d1, d2, steps=(9, 7), strategy=winner)
-    original = evaluate._Evaluator.__call__
-
-    def slow_loser(self, params, idx, *args, **kwargs):
-        if self.strategy != winner:  # 10 ms per point: loses on any machine, however loaded
-            time.sleep(0.01 * len(idx))
-        return original(self, params, idx, *args, **kwargs)
-
-    monkeypatch.setattr(evaluate._Evaluator, "__call__", slow_loser)
-    land._choices.clear()
-    auto = lm.plane(land, d1, d2, steps=(9, 7))
-    assert auto.meta["engine"]["strategy"] == winner
+    picks = set()
+    with monkeypatch.context() as m:
+        m.setattr(evaluate.time, "perf_counter", no_clock)
+        for _ in range(2):
+            points = Span(land.point(), [d1, d2], np.array([[0.0, 0.0], [0.5, -0.5], [1, 0.25]]))
+            strategy, reason = evaluate.choose(land, points)
+            picks.add((strategy, reason))
+    assert len(picks) == 1 and strategy == expected, picks
+    auto = lm.plane(land, d1, d2, steps=(5, 4))
+    assert auto.meta["engine"]["strategy"] == expected
+    assert auto.meta["engine"]["reason"] == reason
+    assert "timings_ms_per_point" not in auto.meta["engine"]
+    alone = lm.plane(land, d1, d2, steps=(5, 4), strategy=expected)
     for k in auto.values:
-        np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=k)
+        np.testing.assert_array_equal(auto.values[k], alone.values[k], err_msg=f"{kind} {k}")
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "residual"])
+def test_same_plane_twice_and_killed_and_resumed_are_bit_identical(kind, tmp_path) -> None:
+    """The same plane computed twice, on fresh landscapes, and a run killed after two
+    chunks then resumed from its journal: every value equal bit for bit."""
+    from lossmap.store import Journal
+
+    def plane(**kw):
+        land = _landscape(kind)  # fresh: nothing remembered from an earlier run
+        d1, d2 = lm.directions.random(land, 2, seed=0)
+        return lm.plane(land, d1, d2, steps=(9, 7), **kw)
+
+    first, second = plane(), plane()
+    assert first.meta["engine"]["strategy"] == second.meta["engine"]["strategy"]
+    chunk = 5  # several chunks, so that the kill lands between two
+    whole = plane(chunk_size=chunk)
+
+    def kill_after_two(done: int, total: int) -> None:
+        if done >= 2 * chunk:
+            raise _Killed
+
+    path = tmp_path / "journal.sqlite"
+    with Journal(path, {"kind": kind}) as journal, pytest.raises(_Killed):
+        plane(chunk_size=chunk, journal=journal, progress=kill_after_two)
+    with Journal(path, {"kind": kind}) as journal:
+        resumed = plane(journal=journal)  # no chunk size: the journal's is reused
+    assert resumed.meta["engine"]["resumed_points"] == 2 * chunk
+    assert resumed.meta["engine"]["strategy"] == whole.meta["engine"]["strategy"]
+    assert resumed.meta["engine"]["chunk_size"] == chunk
+    for k in first.values:
+        np.testing.assert_array_equal(first.values[k], second.values[k], err_msg=f"twice {k}")
+        np.testing.assert_array_equal(whole.values[k], resumed.values[k], err_msg=f"resumed {k}")
 
 
 @pytest.mark.parametrize("case", ["ties", "no-ties", "nan-and-tie"])

@@ -22,8 +22,17 @@ Strategies (``strategy=``):
   every later layer one batched ``W h + b``, the logits come out ``[P, C, N]``, and
   known losses reduce by formula; on CPU the chunk runs in tiles of points whose
   widest activation fits in ~1 MB of cache.
-- ``"auto"``: times the eligible strategies on the first points and keeps the fastest;
-  the choice, the timings and the reason are recorded in the result's metadata.
+- ``"auto"``: a fixed rule, no timing (see :func:`choose`): the choice is a pure
+  function of the model's structure, the kind of point set, the device type and the
+  data's sizes, so two runs of one command compute the same chunks with the same
+  strategy and agree bit for bit whatever the machine's load. The choice and the
+  reason are recorded in the result's metadata.
+
+Strategies compute the same values up to rounding, not bit for bit (their products
+group the sums differently). Within one strategy a run's values depend only on the
+points and the chunk size, and the chunk size comes from the model, the data and the
+device's *total* memory (never its currently free memory); a journal records both so
+a resumed run repeats them.
 """
 
 from __future__ import annotations
@@ -40,14 +49,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lossmap import vectors as V
-from lossmap.landscape import Batch, Landscape, available_memory, batch_size
+from lossmap.landscape import Batch, Landscape, batch_size, total_memory
 
 if TYPE_CHECKING:
     from lossmap.store import Journal
 
 log = logging.getLogger("lossmap")
 
-__all__ = ["STRATEGIES", "EvalResult", "Explicit", "Span", "chunks", "run"]
+__all__ = ["STRATEGIES", "EvalResult", "Explicit", "Span", "choose", "chunks", "run"]
 
 STRATEGIES = ("auto", "loop", "vmap", "affine", "affine-vmap")
 Progress = Callable[[int, int], None]
@@ -371,11 +380,7 @@ def _affine_plan(land: Landscape) -> _AffinePlan | None:
 class _Evaluator:
     """Evaluates a chunk of points on one batch with a given strategy."""
 
-    def __init__(
-        self, land: Landscape, points: PointSet, strategy: str, share: _Evaluator | None = None
-    ) -> None:
-        """``share``: an evaluator of the same points whose first-layer precomputation
-        (the affine strategies' per-batch products) this one reuses."""
+    def __init__(self, land: Landscape, points: PointSet, strategy: str) -> None:
         self.land = land
         self.points = points
         self.strategy = strategy
@@ -387,8 +392,6 @@ class _Evaluator:
                 "use strategy='auto'"
             )
         self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
-        if share is not None and share.points is points:
-            self._cache = share._cache
         self._bufs: dict[int, Tensor] = {}
         self._scratch = _Scratch()
         self._zt: dict[int, Tensor] = {}
@@ -524,19 +527,23 @@ class _Evaluator:
 
 # -------------------------------------------------------------- memory model
 def _output_sizes(land: Landscape) -> tuple[int, int, int] | None:
-    """Per sample, measured with hooks on a forward pass over two samples: the bytes
-    of all module outputs, the bytes of the model's output, and the number of
-    dimensions of the first module's output (cached on the landscape)."""
+    """Per sample, measured with hooks on a forward pass over two samples (over the
+    first batch with a custom loss, whose batches need not be sliceable): the bytes of
+    all module outputs, the bytes of the model's output, and the number of dimensions
+    of the first module's output (cached on the landscape). ``None`` for streamed data.
+    """
     cached = getattr(land, "_out_sizes", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     ds = next(iter(land.datasets.values()))
-    if not ds.in_memory or land.criterion is None:
+    if not ds.in_memory or not ds.batches:
         return None
-    batch = ds.batches[0]  # type: ignore[index]
-    if not isinstance(batch, tuple | list):
-        return None
-    small = tuple(t[:2] if isinstance(t, Tensor) and t.ndim > 0 else t for t in batch)
+    batch = ds.batches[0]
+    small: Batch = batch
+    if land.criterion is not None:
+        if not isinstance(batch, tuple | list):
+            return None
+        small = tuple(t[:2] if isinstance(t, Tensor) and t.ndim > 0 else t for t in batch)
     outs: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -634,16 +641,109 @@ def _chunk_size(
     return int(max(1, min(n, 4096 if streaming else 64, budget // (2 * param_bytes))))
 
 
-@dataclass
-class _Trial:
-    """What ``auto`` timed, and the rows it computed that the run can keep."""
+# CPU: a batch whose forward pass writes at most this many bytes of activations (all
+# module outputs) is overhead-bound, and a chunk of points per call (vmap) beats one
+# point per call; above it the batched products run slower than one point's (measured
+# on 2 cores: vmap/loop 0.1-0.3x at 0.03-0.08 MB, 0.8-1.2x at 0.3-0.5 MB, 1.6-2.4x at
+# 0.6-2.4 MB). Elsewhere (a GPU), where a call costs kernel launches, the bound is
+# higher; it has not been measured there.
+_SMALL_FORWARD_BYTES = {"cpu": 1 << 18}
+_SMALL_FORWARD_BYTES_OTHER = 1 << 26
 
-    strategy: str
-    reason: str
-    timings: dict[str, float]
-    ev: _Evaluator | None = None
-    idx: np.ndarray | None = None
-    rows: np.ndarray | None = None
+
+def _forward_bytes(land: Landscape) -> int | None:
+    """Bytes of activations one forward pass over the largest batch writes, or ``None``
+    where unknown (data streamed from a loader)."""
+    sizes = _output_sizes(land)
+    if sizes is None:
+        return None
+    biggest, _ = _batch_and_param_bytes(land)
+    return sizes[0] * biggest
+
+
+def _probe(
+    land: Landscape, points: PointSet, strategy: str, dsets: Sequence[str]
+) -> tuple[str, _Evaluator | None]:
+    """Run ``strategy`` on the first two points and the first batch: ``("", evaluator)``
+    if it runs (the run goes on with that evaluator and its per-batch caches), else
+    ``(why not, None)``. Whether a model runs under vmap is a property of its code, not
+    of timing: the probe's answer is the same on every run."""
+    ds = land.datasets[dsets[0]]
+    batch = next(iter(ds))
+    idx = np.arange(min(len(points), 2))
+    try:
+        ev = _Evaluator(land, points, strategy)
+        ev(points.stacked(idx, ev.keys), idx, batch, cache=ds.in_memory)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}", None
+    return "", ev
+
+
+def choose(
+    land: Landscape, points: PointSet, datasets: Sequence[str] | None = None
+) -> tuple[str, str]:
+    """``auto``'s strategy for these points, and the reason: a fixed rule, no timing.
+
+    1. Training mode: ``loop`` (batch statistics and dropout are per call).
+    2. A line/plane/path of an ``nn.Sequential`` whose first layer is ``Linear`` on
+       ``[N, features]`` inputs and whose rest is linear layers and elementwise
+       activations (an MLP): ``affine-vmap``, the features-first batched path; it does
+       the work of ``affine`` as few large products (1.2-12x faster where measured).
+    3. Otherwise a many-points-per-call strategy (``affine-vmap`` along a span of an
+       affine-eligible ``nn.Sequential``, else ``vmap``) when one forward pass over the
+       largest batch writes at most 256 KiB of activations on CPU (64 MiB elsewhere):
+       the per-call overhead then dominates. Above that, or where the data are
+       streamed (size unknown), a one-point strategy (``affine``, else ``loop``): the
+       batched products of vmap run slower than one point's.
+    4. A many-points strategy that cannot run the model (a probe on two points raised)
+       falls back to the one-point strategy.
+
+    The inputs are the model's structure and mode, the kind of point set, the device
+    type and the data's sizes: the same command picks the same strategy on every run.
+
+    Returns:
+        ``(strategy, reason)``.
+    """
+    with land.mode(), torch.inference_mode():
+        strategy, reason, _ = _choose(land, points, datasets)
+    return strategy, reason
+
+
+def _choose(
+    land: Landscape, points: PointSet, datasets: Sequence[str] | None
+) -> tuple[str, str, _Evaluator | None]:
+    """:func:`choose`, plus the probe's evaluator where the pick was probed."""
+    dsets = list(datasets) if datasets is not None else list(land.datasets)
+    eligible = _eligible(land, points)
+    if eligible == ["loop"]:
+        return "loop", "training mode: only loop runs it", None
+    span = "affine" in eligible
+    many, one = ("affine-vmap", "affine") if span else ("vmap", "loop")
+    plan = affine_plan(land) if span else None
+    sizes = _output_sizes(land)
+    if plan is not None and plan.batched and (sizes is None or sizes[2] == 2):
+        reason = "an MLP along a span: the batched features-first path"
+        err, ev = _probe(land, points, many, dsets)
+        return (one, f"{reason} cannot run it ({err})", None) if err else (many, reason, ev)
+    act = _forward_bytes(land)
+    if act is None:
+        why = "activation size unknown (data streamed from a loader): one point per call"
+        return one, why, None
+    bound = _SMALL_FORWARD_BYTES.get(land.device.type, _SMALL_FORWARD_BYTES_OTHER)
+    what = f"{act / 2**20:.3g} MiB of activations per forward pass"
+    if act > bound:
+        return one, f"{what} > {bound / 2**20:.3g} MiB: compute-bound, one point per call", None
+    err, ev = _probe(land, points, many, dsets)
+    if err:
+        return one, f"{what}: overhead-bound, but {many} cannot run it ({err})", None
+    return many, f"{what} ≤ {bound / 2**20:.3g} MiB: overhead-bound, many points per call", ev
+
+
+def _memory_budget(land: Landscape, fraction: float) -> int:
+    """Bytes a chunk may use: ``fraction`` of the device's total memory, at most 1 GiB.
+    Total, not free: free memory varies between runs, and chunk sizes must not (a
+    batched strategy's rounding can depend on how many points share a product)."""
+    return int(min(2**30, total_memory(land.device) * fraction))
 
 
 def run(
@@ -664,10 +764,12 @@ def run(
         land: the landscape.
         points: a :class:`Span` or :class:`Explicit` set of points.
         datasets: names of the data sets to evaluate (default: all).
-        strategy: one of :data:`STRATEGIES`.
-        chunk_size: points per chunk (default: from available memory).
+        strategy: one of :data:`STRATEGIES`; ``"auto"`` applies :func:`choose`.
+        chunk_size: points per chunk (default: from the model, the data and the
+            device's total memory).
         progress: ``progress(done, total)`` called after each chunk.
-        memory_fraction: share of free device memory a chunk may use.
+        memory_fraction: share of the device's total memory (at most 1 GiB) a chunk
+            may use.
         journal: a :class:`~lossmap.store.Journal`: points it already holds (under
             ``view``) are not recomputed, each finished chunk is recorded before the next
             starts, and the strategy and chunk size of the first attempt are reused, so
@@ -675,10 +777,10 @@ def run(
         view: the name of this grid in the journal.
 
     Returns:
-        :class:`EvalResult` with non-finite values stored as NaN. The values do not
-        depend on whether ``auto`` timed its candidates in this call: a chosen
-        strategy always runs the same chunks, and the trial's rows are kept only when
-        they are exactly the rows the run would compute.
+        :class:`EvalResult` with non-finite values stored as NaN. Two calls with the
+        same arguments return the same values bit for bit: the strategy and the chunks
+        do not depend on timing or on free memory (an out-of-memory error, which
+        halves a chunk and is recorded as ``oom_halvings``, is the one exception).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -690,7 +792,7 @@ def run(
     if n == 0:
         raise ValueError("no points to evaluate")
     t_start = time.perf_counter()
-    budget = int(min(2**30, available_memory(land.device) * memory_fraction))
+    budget = _memory_budget(land, memory_fraction)
     eligible = _eligible(land, points)
     info: dict[str, Any] = {"n_points": n, "eligible": eligible}
     streaming = any(not land.datasets[d].in_memory for d in dsets)
@@ -710,17 +812,13 @@ def run(
         info["resumed_points"] = len(idx_done)
 
     with land.mode(), torch.inference_mode():
-        vchunk = _vmap_chunk(land, n, budget)
-        trial: _Trial | None = None
+        probed: _Evaluator | None = None
         if stored is not None:
             # Resuming: the first attempt's strategy and chunks, for identical values.
             strategy, chunk_size = str(stored["strategy"]), int(stored["chunk_size"])
             info["reason"] = f"resumed: {stored.get('reason', '')}"
         elif strategy == "auto":
-            trial = _choose(land, points, dsets, eligible, vchunk, n, budget, streaming, chunk_size)
-            strategy = trial.strategy
-            info["timings_ms_per_point"] = trial.timings
-            info["reason"] = trial.reason
+            strategy, info["reason"], probed = _choose(land, points, dsets)
         elif strategy not in eligible:
             raise ValueError(
                 f"strategy {strategy!r} cannot run here (eligible: {', '.join(eligible)}); "
@@ -729,20 +827,15 @@ def run(
         else:
             info["reason"] = "asked for"
         if chunk_size is None:
+            vchunk = _vmap_chunk(land, n, budget)
             chunk_size = _chunk_size(land, strategy, n, vchunk, budget, streaming)
-        ev = _Evaluator(land, points, strategy)
+        # The probe's evaluator keeps the first layer's products it computed on the data.
+        ev = probed if probed is not None else _Evaluator(land, points, strategy)
         if journal is not None and stored is None:
             journal.set_meta(
                 f"engine/{view}",
                 {"strategy": strategy, "chunk_size": chunk_size, "reason": info["reason"]},
             )
-        if trial is not None and trial.rows is not None and trial.idx is not None:
-            assert trial.ev is not None
-            ev = trial.ev  # keeps its caches (the affine precomputation)
-            out[trial.idx] = trial.rows
-            done_mask[trial.idx] = True
-            if journal is not None:
-                journal.add_rows(view, trial.idx, trial.rows)
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
         queue = [c for c in chunks(n, chunk_size) if not done_mask[c].all()]
@@ -778,80 +871,3 @@ def run(
     info["ms_per_point"] = 1000 * secs / n
     info["nonfinite"] = int(np.isnan(out[:, 0 :: len(land.stat_names)]).any(axis=1).sum())
     return EvalResult(values, info, land.default_dataset)
-
-
-def _choose(
-    land: Landscape,
-    points: PointSet,
-    dsets: Sequence[str],
-    eligible: list[str],
-    vchunk: int,
-    n: int,
-    budget: int,
-    streaming: bool,
-    chunk_size: int | None,
-) -> _Trial:
-    """Time the candidate strategies on the first points; keep the fastest per point.
-
-    Only two candidates are timed: a many-points-per-call one and a one-point one.
-    Where the affine plan applies, ``affine-vmap`` and ``affine`` do strictly less work
-    than ``vmap`` and ``loop`` (the same computation without the first layer), so the
-    latter are not timed. With data held in memory each candidate evaluates the real
-    first chunk of the run it would make, and the winner's rows are kept, so the trial
-    costs only the loser's share (the affine candidates share their first-layer
-    products: the second does not recompute them); with streamed data the trial times
-    one batch after a small warm-up. The choice is remembered on the landscape for later views of the
-    same kind.
-    """
-    if n < 16 or len(eligible) == 1:
-        pick = "affine" if "affine" in eligible else "loop"
-        return _Trial(pick, f"{n} point(s): too few to be worth timing", {})
-    key = (type(points).__name__, len(getattr(points, "directions", ())), tuple(dsets), vchunk)
-    known = land._choices.get(key)
-    if known is not None:
-        return _Trial(known[0], f"{known[1]} (timed earlier on this landscape)", known[2])
-    batch = next(iter(land.datasets[dsets[0]]))
-    candidates = ["affine-vmap", "affine"] if "affine" in eligible else ["vmap", "loop"]
-    timings: dict[str, float] = {}
-    errors: dict[str, str] = {}
-    kept: dict[str, tuple[_Evaluator, np.ndarray, np.ndarray]] = {}
-    first: _Evaluator | None = None
-    for s in candidates:
-        if s not in eligible:
-            continue
-        size = chunk_size or _chunk_size(land, s, n, vchunk, budget, streaming)
-        # The run's first chunk (a one-point strategy: its first two points).
-        idx = np.arange(min(n, size) if s.endswith("vmap") else min(n, size, 2))
-        try:
-            ev = _Evaluator(land, points, s, share=first)
-            first = first or ev
-            t0 = time.perf_counter()
-            if streaming:
-                warm = idx[: min(len(idx), 2)]
-                ev(points.stacked(warm, ev.keys), warm, batch, cache=True)  # warm-up
-                t0 = time.perf_counter()
-                ev(points.stacked(idx, ev.keys), idx, batch, cache=False)
-            else:
-                # No warm-up: the first candidate's time includes the first layer's
-                # products on the data (then shared), a few per cent of its chunk.
-                kept[s] = (ev, idx, _passes(ev, land, points, idx, dsets, cache=True).numpy())
-            timings[s] = 1000 * (time.perf_counter() - t0) / len(idx)
-        except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
-            errors[s] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    if not timings:
-        raise RuntimeError(f"no evaluation strategy could run this model: {errors}")
-    pick = min(timings, key=lambda k: timings[k])
-    what = "the first points" if not streaming else f"one batch of {batch_size(batch)} samples"
-    reason = f"fastest when timed on {what}: " + ", ".join(
-        f"{k} {v:.3g} ms/point" for k, v in timings.items()
-    )
-    if "affine" in eligible:
-        reason += "; vmap/loop not timed (affine does the same work minus the first layer)"
-    if errors:
-        reason += "; could not run: " + "; ".join(f"{k} ({v})" for k, v in errors.items())
-    rounded = {k: round(v, 4) for k, v in timings.items()}
-    land._choices[key] = (pick, reason, rounded)
-    if pick in kept:
-        ev, idx, rows = kept[pick]
-        return _Trial(pick, reason, rounded, ev, idx, rows)
-    return _Trial(pick, reason, rounded)

@@ -123,6 +123,17 @@ def available_memory(device: torch.device) -> int:
         return 2**31
 
 
+def total_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device`` in all (a conservative guess where unknown): unlike
+    free memory, the same on every run, so sizes derived from it are too."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**33
+
+
 @dataclass
 class DataSet:
     """One named data set: batches held on the device, or a loader streamed per pass."""
@@ -294,8 +305,6 @@ class Landscape:
         if bad:
             raise ValueError(f"metric names must not be 'loss' or contain '/', got {bad}")
         self.metrics: dict[str, Metric] = dict(metrics)
-        # Evaluation strategies chosen by timing, per kind of view (see lossmap.evaluate).
-        self._choices: dict[tuple[Any, ...], tuple[str, str, dict[str, float]]] = {}
         # Plain cross-entropy (with or without the default accuracy) has a fused path.
         self._fast_ce = (
             type(criterion) is nn.CrossEntropyLoss
@@ -307,7 +316,9 @@ class Landscape:
                 or (list(self.metrics) == ["accuracy"] and self.metrics["accuracy"] is accuracy)
             )
         )
-        budget = cache_bytes if cache_bytes is not None else min(2**31, available_memory(dev) // 4)
+        # From total memory, not free memory: whether a loader is held (and so which
+        # strategy auto picks) must not change between runs of one command.
+        budget = cache_bytes if cache_bytes is not None else min(2**31, total_memory(dev) // 4)
         named = data if isinstance(data, Mapping) else {"train": data}
         if not named:
             raise ValueError("data is an empty dict; pass at least one data set")
