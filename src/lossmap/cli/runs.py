@@ -185,7 +185,8 @@ def rerun(
     argv = _with_option(argv, "--out", str(target))
     argv.append("--restart")
     if argv[0] in ("line", "plane", "interpolate"):
-        # Pin what auto chose by timing: another strategy differs in the last bits.
+        # Pin the strategy and chunks the run used: another strategy, or other chunks,
+        # differ in the last bits (auto is a fixed rule, but the rule may change).
         try:
             (res,) = info["results"].values()
             engine = res["meta"]["engine"]
