@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
 import torch
 from torch import nn
+
+# A subprocess's time limit only guards against a hang: the suite must pass at any
+# machine load (a command that takes 5 s on an idle machine took 16x that at load 11).
+SUBPROCESS_TIMEOUT = 1800
+
+
+def run_lossmap(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    """``python -m lossmap ARGS`` in a subprocess, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "lossmap", *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        **kw,
+    )
+
 
 # User factories for `--model file.py:factory`, shared by the command-line tests.
 FACTORIES = textwrap.dedent(

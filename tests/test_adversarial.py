@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_lossmap
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,7 @@ INNOCENT = textwrap.dedent(
 )
 
 
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "lossmap", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        **kw,
-    )
+_run = run_lossmap
 
 
 def _one_line(r: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACTORIES
+from conftest import FACTORIES, run_lossmap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -63,14 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "spec": Path(spec), "out": out}
 
 
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "lossmap", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kw,
-    )
+_run = run_lossmap
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

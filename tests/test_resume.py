@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SUBPROCESS_TIMEOUT
 
 import lossmap as lm
 
@@ -56,7 +57,9 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reference(spec: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run of the same command."""
     out = tmp_path_factory.mktemp("reference")
-    ref = subprocess.run(_cmd(spec, out), capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
     assert ref.returncode == 0, ref.stderr
     return out / "surface.h5"
 
@@ -96,12 +99,12 @@ def _done(out: Path) -> int:
 
 def _kill_midway(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + SUBPROCESS_TIMEOUT
     while _done(out) < 24 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
@@ -133,7 +136,9 @@ def test_killed_plane_resumes_to_the_same_file(
     assert status.returncode == 0, status.stderr
     assert f"{done:,}/{POINTS} points" in status.stdout and "interrupted" in status.stdout
 
-    again = subprocess.run(_cmd(spec, out), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
     assert again.returncode == 0, again.stderr
     assert f"resumed: {done} of {POINTS} points were done" in again.stdout
     meta = lm.load(out / "surface.h5").meta
@@ -149,7 +154,7 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, spec: str) -> No
     killed = _kill_midway(_cmd(spec, out), out, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     other = subprocess.run(
-        _cmd(spec, out, "--seed", "1"), capture_output=True, text=True, timeout=120
+        _cmd(spec, out, "--seed", "1"), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
     )
     assert other.returncode == 2
     lines = other.stderr.strip().splitlines()
@@ -157,7 +162,10 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, spec: str) -> No
     assert "directions:" in lines[0]  # the directions' hash differs too
     done = _done(out)
     fresh = subprocess.run(
-        _cmd(spec, out, "--seed", "1", "--restart"), capture_output=True, text=True, timeout=300
+        _cmd(spec, out, "--seed", "1", "--restart"),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert fresh.returncode == 0, fresh.stderr
     assert "resumed" not in fresh.stdout and done > 0
@@ -165,7 +173,9 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, spec: str) -> No
 
 def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
     out = tmp_path / "run"
-    first = subprocess.run(_cmd(spec, out), capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
     assert first.returncode == 0, first.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["argv"][0] == "plane" and run["theta0_sha256"] and run["data_sha256"]["train"]
@@ -174,7 +184,7 @@ def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
         [sys.executable, "-m", "lossmap", "rerun", str(out), "--model", spec],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=SUBPROCESS_TIMEOUT,
         cwd=os.getcwd(),
     )
     assert rerun.returncode == 0, rerun.stderr
@@ -218,25 +228,25 @@ def test_killed_curve_fit_resumes_to_the_same_files(tmp_path: Path, spec: str) -
     def cmd(out: Path) -> list[str]:
         return [
             *(sys.executable, "-m", "lossmap", "connect", *map(str, ckpts), "--model", spec),
-            *("--epochs", "8", "--batch-size", "16", "--steps", "11", "--out", str(out)),
+            *("--epochs", "30", "--batch-size", "16", "--steps", "11", "--out", str(out)),
         ]
 
     ref_out, out = tmp_path / "reference", tmp_path / "run"
-    ref = subprocess.run(cmd(ref_out), capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(cmd(ref_out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert ref.returncode == 0, ref.stderr
 
     proc = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + SUBPROCESS_TIMEOUT
     while not _blob_done(out, "curve/epoch/1") and time.time() < deadline:
         if proc.poll() is not None:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     assert not (out / "curve.h5").exists()
 
-    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert again.returncode == 0, again.stderr
     assert not list(out.glob("*.tmp*")), list(out.glob("*.tmp*"))
     for name in ("path.h5", "curve.h5"):
