@@ -26,6 +26,21 @@ def run_lossmap(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # t
     )
 
 
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int | None = 2) -> str:
+    """The one line a failed command printed on stderr (no traceback), holding ``needles``;
+    its exit status is ``code`` (``None``: any non-zero status)."""
+    if code is None:
+        assert r.returncode != 0, r.stdout
+    else:
+        assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 # User factories for `--model file.py:factory`, shared by the command-line tests.
 FACTORIES = textwrap.dedent(
     """

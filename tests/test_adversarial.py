@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_lossmap
+from conftest import one_line_error, run_lossmap
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,7 @@ INNOCENT = textwrap.dedent(
 _run = run_lossmap
 
 
-def _one_line(r: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_one_line = one_line_error
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACTORIES, run_lossmap
+from conftest import FACTORIES, one_line_error, run_lossmap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -71,13 +71,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _assert_clean_failure(r: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+    return one_line_error(r, *needles, code=None)
 
 
 CASES = [

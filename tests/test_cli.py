@@ -484,3 +484,70 @@ def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
             path["loss"][np.argmin(np.abs(t - ti))], rel=1e-5, abs=1e-7
         )
     assert path.meta["reset_bn"] is True and "recomputed" in curve.meta["batchnorm"]
+
+
+def test_trajectory_of_batchnorm_checkpoints(tmp_path: Path, factories: str, capsys) -> None:
+    """Checkpoints of a BatchNorm model (parameters and running statistics) map a
+    trajectory; the loss at the final point is that checkpoint's own, with its own
+    statistics (issue #17: the command passed only parameters and was refused)."""
+    import userfactories  # type: ignore[import-not-found]
+
+    x, y = userfactories._data()
+    nets = []
+    for i in range(3):
+        net = userfactories.batchnorm()[0]
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.2 * (i + 1) * torch.randn_like(p))
+        net.train()
+        with torch.no_grad():
+            net(x)  # running statistics of its own
+        net.eval()
+        torch.save(net.state_dict(), tmp_path / f"ep{i}.pt")
+        nets.append(net)
+    out = tmp_path / "t"
+    code, _stdout, err = run_cli(
+        [
+            "trajectory",
+            *(str(tmp_path / f"ep{i}.pt") for i in range(3)),
+            "--model",
+            "userfactories:batchnorm",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    surf = lm.load(out / "surface.h5")
+    with torch.no_grad():
+        own = float(nn.functional.cross_entropy(nets[-1](x), y))
+    # The plane is centred on the last checkpoint, evaluated with its own statistics.
+    at = surf.meta["trajectory"]["values"]
+    (key,) = [k for k in at if k.endswith("/loss")]
+    assert at[key][-1] == pytest.approx(own, rel=1e-5)
+
+
+def test_model_file_imports_its_neighbours(tmp_path: Path, capsys) -> None:
+    """`--model path/to/file.py:factory` can import the modules beside that file, as
+    `python path/to/file.py` can (issue #17: it needed PYTHONPATH)."""
+    pkg = tmp_path / "proj"
+    pkg.mkdir()
+    (pkg / "tinynet.py").write_text(
+        "from torch import nn\n\ndef make():\n    return nn.Linear(4, 3)\n"
+    )
+    (pkg / "entry.py").write_text(
+        "import torch\nfrom torch import nn\nimport tinynet\n\n"
+        "def f():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x, y = torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g)\n"
+        "    return tinynet.make(), nn.CrossEntropyLoss(), (x, y)\n"
+    )
+    out = tmp_path / "run"
+    code, _stdout, err = run_cli(
+        ["line", "--model", f"{pkg / 'entry.py'}:f", "--steps", "5", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert (out / "line.h5").exists()

@@ -58,6 +58,11 @@ def _import_factory(spec: str) -> Callable[[], Any]:
             raise CliError(f"--model: cannot load {path} as a Python module")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[path.stem] = module
+        # The file's own folder first, so that it can import the modules beside it
+        # (as `python path/to/file.py` would).
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         try:
             loader_spec.loader.exec_module(module)
         except (Exception, SystemExit) as e:

@@ -100,16 +100,20 @@ def trajectory_cmd(
                 f"a trajectory needs at least 2 checkpoints (got {len(checkpoints)}); pass the "
                 "checkpoints saved during training, in order"
             )
-        cps = [
-            with_checkpoint(land, path, key=checkpoint_key, trust=trust_checkpoint)._params0
+        lands = [
+            with_checkpoint(land, path, key=checkpoint_key, trust=trust_checkpoint)
             for path in checkpoints
         ]
+        cps = [la._params0 for la in lands]
         labels = [float(i) for i in range(len(cps))]
+        # The last checkpoint as saved: its parameters and its buffers (BatchNorm
+        # statistics), not the parameters alone, which land.at refuses on such models.
+        final = lands[-1]
     elif example is Example.digits:
         cps, labels = _digits_trajectory(land, epochs, seed)
+        final = land.at(dict(cps[-1]))
     else:
         raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
-    final = land.at(dict(cps[-1]))
     from lossmap.directions import ignored_names
 
     ignored_names(final, _ignore(ignore))  # a typo is refused before the journal is opened
