@@ -66,6 +66,7 @@ import numpy as np
 import scipy.sparse.linalg
 import torch
 from _machine import cpu_model, version
+from _models import ResidualCNN
 from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -896,43 +897,23 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
             t = truth8 if "8 columns" in k else truth
             assert t is not None
             errs[k] = float((as_flat(out) - t).norm() / t.norm())
+    times = round_robin(fns, repeats)
+    return {k: [t / 8 for t in ts] if "8 columns" in k else ts for k, ts in times.items()}, errs
+
+
+def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call, over ``repeats`` rounds of all of them in turn, so that the
+    machine's noise hits every operation alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            dt = time.perf_counter() - t0
-            times[k].append(dt / 8 if "8 columns" in k else dt)
-    return times, errs
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 # ------------------------------------------------------------------ C: residual CNNs
-class _Block(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(c)
-        self.c2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-
-
-class ResCNN(nn.Module):
-    """A residual CNN with BatchNorm: stem, ``blocks`` residual blocks, global pooling."""
-
-    def __init__(self, c_in: int, c: int, blocks: int, classes: int) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(c_in, c, 3, padding=1)
-        self.bn = nn.BatchNorm2d(c)
-        self.blocks = nn.Sequential(*[_Block(c) for _ in range(blocks)])
-        self.fc = nn.Linear(c, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.blocks(torch.relu(self.bn(self.stem(x)))).mean((2, 3)))
-
-
 def cnn_problems() -> list[tuple[str, nn.Module, Tensor, Tensor]]:
     """The two CNNs of C with their data; BatchNorm statistics from one pass in train mode."""
     torch.manual_seed(0)
@@ -944,8 +925,18 @@ def cnn_problems() -> list[tuple[str, nn.Module, Tensor, Tensor]]:
     ys = torch.randint(0, 10, (512,), generator=g)
     out = []
     for name, net, xx, yy in (
-        ("C1 digits 1×8×8, res-CNN 16 ch × 3 blocks", ResCNN(1, 16, 3, 10), xd, yd),
-        ("C2 random 3×16×16, res-CNN 8 ch × 3 blocks", ResCNN(3, 8, 3, 10), xs, ys),
+        (
+            "C1 digits 1×8×8, res-CNN 16 ch × 3 blocks",
+            ResidualCNN(1, 16, blocks=3, stem_bias=True),
+            xd,
+            yd,
+        ),
+        (
+            "C2 random 3×16×16, res-CNN 8 ch × 3 blocks",
+            ResidualCNN(3, 8, blocks=3, stem_bias=True),
+            xs,
+            ys,
+        ),
     ):
         net.train()
         with torch.no_grad():
@@ -1010,12 +1001,7 @@ def _cnn_costs(
         fn()
         if "gradient" not in k:
             errs[k] = float((as_flat(out) - truth).norm() / truth.norm())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    times = round_robin(fns, repeats)
     return times, {"n": land.num_parameters, "samples": len(x), "errs": errs}
 
 

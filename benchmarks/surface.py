@@ -62,6 +62,7 @@ from unittest import mock
 import numpy as np
 import torch
 from _machine import code_state, cpu_model, version
+from _models import ResidualCNN
 from torch import Tensor, nn
 
 import lossmap as lm
@@ -157,34 +158,6 @@ def tanh_mlp() -> Problem:
     model = make_mlp([16, 16, 3], activation="tanh", seed=0)
     train(model, nn.CrossEntropyLoss(), x, y, steps=200, lr=1e-2, seed=0)
     return Problem("C", "MLP 16-16-3 tanh (512 samples)", model, nn.CrossEntropyLoss(), x, y)
-
-
-class _ResidualBlock(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(h)))
-
-
-class ResidualCNN(nn.Module):
-    """conv-BN-ReLU stem, one residual block, global average pooling, a linear head."""
-
-    def __init__(self, c: int = 16, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(c)
-        self.block = _ResidualBlock(c)
-        self.head = nn.Linear(c, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.block(torch.relu(self.bn(self.stem(x))))
-        return self.head(h.mean(dim=(2, 3)))
 
 
 def residual_cnn() -> Problem:
