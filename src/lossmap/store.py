@@ -295,13 +295,11 @@ class Journal:
         """Record finished points ``idx`` (their value rows), all or nothing."""
         now = time.time()
         rows = np.ascontiguousarray(rows, dtype=np.float64)
+        data = [(int(i), r.tobytes()) for i, r in zip(idx, rows, strict=True)]
         with self._tx():
             self._db.executemany(
                 "INSERT OR REPLACE INTO rows (view, idx, data, t, crc) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (view, int(i), r.tobytes(), now, _crc(f"{view}/{int(i)}", r.tobytes()))
-                    for i, r in zip(idx, rows, strict=True)
-                ],
+                [(view, i, b, now, _crc(f"{view}/{i}", b)) for i, b in data],
             )
 
     def rows(self, view: str, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +326,6 @@ class Journal:
         return idx, rows
 
     def _damaged(self, what: str) -> None:
-        self.damaged = getattr(self, "damaged", 0) + 1
         log.warning("%s: %s failed the checksum (damaged): computing again", self.path, what)
 
     def progress(self) -> dict[str, Any]:
