@@ -440,22 +440,30 @@ def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -
     _one_line_error(code, err, "--samples must be at least 2")
 
 
-def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
-    """A curve between two BatchNorm models: fitted in train mode, every point evaluated
-    with recomputed statistics; the straight path with --reset-bn agrees at t = 0, 1."""
+def _batchnorm_checkpoint(path: Path, *, seed: int, scale: float) -> nn.Module:
+    """The `batchnorm` factory's model with its parameters moved by ``scale`` (seeded)
+    and running statistics of its own, saved to ``path``; returned in eval mode."""
     import userfactories  # type: ignore[import-not-found]
 
     x, _y = userfactories._data()
+    net = userfactories.batchnorm()[0]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn_like(p))
+    net.train()
+    with torch.no_grad():
+        net(x)  # running statistics of its own
+    net.eval()
+    torch.save(net.state_dict(), path)
+    return net
+
+
+def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
+    """A curve between two BatchNorm models: fitted in train mode, every point evaluated
+    with recomputed statistics; the straight path with --reset-bn agrees at t = 0, 1."""
     for i in (0, 1):
-        net = userfactories.batchnorm()[0]
-        torch.manual_seed(i)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.3 * torch.randn_like(p))
-        net.train()
-        with torch.no_grad():
-            net(x)  # running statistics of its own
-        torch.save(net.state_dict(), tmp_path / f"bn{i}.pt")
+        _batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3)
     out = tmp_path / "c"
     code, _stdout, err = run_cli(
         [
@@ -493,19 +501,9 @@ def test_trajectory_of_batchnorm_checkpoints(tmp_path: Path, factories: str, cap
     import userfactories  # type: ignore[import-not-found]
 
     x, y = userfactories._data()
-    nets = []
-    for i in range(3):
-        net = userfactories.batchnorm()[0]
-        torch.manual_seed(i)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.2 * (i + 1) * torch.randn_like(p))
-        net.train()
-        with torch.no_grad():
-            net(x)  # running statistics of its own
-        net.eval()
-        torch.save(net.state_dict(), tmp_path / f"ep{i}.pt")
-        nets.append(net)
+    nets = [
+        _batchnorm_checkpoint(tmp_path / f"ep{i}.pt", seed=i, scale=0.2 * (i + 1)) for i in range(3)
+    ]
     out = tmp_path / "t"
     code, _stdout, err = run_cli(
         [
