@@ -914,6 +914,9 @@ def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, li
 
 
 # ------------------------------------------------------------------ C: residual CNNs
+HAND_HVP = "hand-written double backward (model(x), autograd.grad twice)"
+
+
 def cnn_problems() -> list[tuple[str, nn.Module, Tensor, Tensor]]:
     """The two CNNs of C with their data; BatchNorm statistics from one pass in train mode."""
     torch.manual_seed(0)
@@ -991,7 +994,7 @@ def _cnn_costs(
             lambda: HessianOperator(land).hvp(v)
         ),
         "lossmap HessianOperator.hvp, graph reused (every later product)": lambda: reused.hvp(v),
-        "hand-written double backward (model(x), autograd.grad twice)": hand,
+        HAND_HVP: hand,
         "forward-over-reverse (torch.func.jvp of grad)": fwd_rev,
     }
     truth = HessianOperator(land64).hvp(v.double())
@@ -1005,36 +1008,14 @@ def _cnn_costs(
     return times, {"n": land.num_parameters, "samples": len(x), "errs": errs}
 
 
-def cnn_table(
-    costs: dict[str, dict[str, list[float]]], info: dict[str, Any], repeats: int
-) -> list[str]:
-    out = [
-        f"| model | operation | median ms ({repeats} reps) | min ms "
-        "| ÷ hand-written double backward (median) | rel err of Hv vs float64 |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for key, times in costs.items():
-        base = med(times["hand-written double backward (model(x), autograd.grad twice)"])
-        label = f"{key} ({info[key]['n']:,} params, {info[key]['samples']} samples)"
-        for name, ts in times.items():
-            err = info[key]["errs"].get(name, float("nan"))
-            out.append(
-                f"| {label} | {name} | {fmt(1e3 * med(ts), '.2f')} | {fmt(1e3 * min(ts), '.2f')} "
-                f"| {fmt(med(ts) / base, '.2f')} | {fmt(err, '.1e')} |"
-            )
-    return out
-
-
 def cnn_section(repeats: int) -> list[str]:
     costs, info = cnn_cost_rows(repeats)
     worst = max(
-        med(t["lossmap HessianOperator.hvp, first product (builds the graph)"])
-        / med(t["hand-written double backward (model(x), autograd.grad twice)"])
+        med(t["lossmap HessianOperator.hvp, first product (builds the graph)"]) / med(t[HAND_HVP])
         for t in costs.values()
     )
     reuse = max(
-        med(t["lossmap HessianOperator.hvp, graph reused (every later product)"])
-        / med(t["hand-written double backward (model(x), autograd.grad twice)"])
+        med(t["lossmap HessianOperator.hvp, graph reused (every later product)"]) / med(t[HAND_HVP])
         for t in costs.values()
     )
     return [
@@ -1044,7 +1025,16 @@ def cnn_section(repeats: int) -> list[str]:
         "through a gradient graph built once and reused by every later product; the "
         "first product pays for the graph, like a hand-written HVP does every time.",
         "",
-        *cnn_table(costs, info, repeats),
+        *cost_table(
+            costs,
+            {key: i["errs"] for key, i in info.items()},
+            repeats,
+            baseline=HAND_HVP,
+            baseline_name="hand-written double backward",
+            labels={
+                key: f"{key} ({i['n']:,} params, {i['samples']} samples)" for key, i in info.items()
+            },
+        ),
         "",
         f"Goal (issue #14): never slower than a plain double-backward HVP. First product: "
         f"at most {worst:.2f}× the hand-written one; every later product: at most "
@@ -1166,18 +1156,27 @@ def density_table(rows: list[DensityRow], seeds: int) -> list[str]:
 
 
 def cost_table(
-    costs: dict[str, dict[str, list[float]]], errs: dict[str, dict[str, float]], repeats: int
+    costs: dict[str, dict[str, list[float]]],
+    errs: dict[str, dict[str, float]],
+    repeats: int,
+    *,
+    baseline: str = "lossmap land.gradient() (full data)",
+    baseline_name: str = "lossmap gradient",
+    labels: dict[str, str] | None = None,
 ) -> list[str]:
+    """One row per model and operation: median and min time, the ratio to ``baseline``
+    (an operation of the same model), and the product's error against float64."""
     out = [
-        f"| model | operation | median ms ({repeats} reps) | min ms | ÷ lossmap gradient (median) "
+        f"| model | operation | median ms ({repeats} reps) | min ms | ÷ {baseline_name} (median) "
         "| rel err of Hv vs float64 |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for key, times in costs.items():
-        g = med(times["lossmap land.gradient() (full data)"])
+        g = med(times[baseline])
+        label = (labels or {}).get(key, key)
         for name, ts in times.items():
             out.append(
-                f"| {key} | {name} | {fmt(1e3 * med(ts), '.2f')} | {fmt(1e3 * min(ts), '.2f')} "
+                f"| {label} | {name} | {fmt(1e3 * med(ts), '.2f')} | {fmt(1e3 * min(ts), '.2f')} "
                 f"| {fmt(med(ts) / g, '.2f')} | {fmt(errs[key].get(name, float('nan')), '.1e')} |"
             )
     return out
