@@ -215,7 +215,7 @@ def test_auto_is_a_fixed_rule_of_the_model_not_of_timing(kind, kw, expected, mon
     def no_free_memory(*_args) -> int:
         raise AssertionError("sizes must not depend on free memory")
 
-    monkeypatch.setattr(lm.landscape, "available_memory", no_free_memory)
+    monkeypatch.setattr(lm.data, "available_memory", no_free_memory)
     land = _landscape(kind, n=64 if kind.endswith("big") else 40, **kw)
     d1, d2 = lm.directions.random(land, 2, seed=0)
     picks = set()

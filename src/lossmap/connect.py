@@ -36,10 +36,11 @@ from torch import Tensor, nn
 
 from lossmap import vectors as V
 from lossmap._checks import choice
+from lossmap.data import Batch, to_device
+from lossmap.data import batch_size as _batch_size
 from lossmap.directions import Direction
 from lossmap.evaluate import Progress, Span, run
-from lossmap.landscape import Batch, Landscape, _to_device
-from lossmap.landscape import batch_size as _batch_size
+from lossmap.landscape import Landscape
 from lossmap.results import Curve, Result, Surface
 from lossmap.slices import grid, interpolate, parse_span, plane, versions
 
@@ -334,13 +335,13 @@ def _bn_batches(land: Landscape, data: object) -> Iterable[Batch]:
     if data is None:
         return land.datasets[land.default_dataset]
     if isinstance(data, tuple | list) and data and all(isinstance(x, Tensor) for x in data):
-        return [_to_device(tuple(data), land.device)]
+        return [to_device(tuple(data), land.device)]
     if not isinstance(data, Iterable) or isinstance(data, str | bytes | Mapping):
         raise TypeError(
             f"bn_data must be (X, y) tensors or a DataLoader / iterable of batches, got "
             f"{type(data).__name__}"
         )
-    return (_to_device(b, land.device) for b in data)
+    return (to_device(b, land.device) for b in data)
 
 
 class _BNWorkbench:

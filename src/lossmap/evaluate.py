@@ -49,7 +49,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lossmap import vectors as V
-from lossmap.landscape import Batch, Landscape, batch_size, total_memory
+from lossmap.data import Batch, batch_size, total_memory
+from lossmap.objective import Objective as Landscape
 
 if TYPE_CHECKING:
     from lossmap.store import Journal

@@ -37,6 +37,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
 from lossmap import vectors as V
+from lossmap.hvp import HessianVectorProduct
 from lossmap.landscape import Landscape
 from lossmap.results import Spectrum, broaden
 
@@ -106,96 +107,17 @@ class HessianOperator(LinearOperator):
         reuse_graph: bool = True,
     ) -> None:
         self.land = land
-        p = land._params0 if point is None else V.check_vector(point, land._params0, name="point")
-        self.point = {k: t.detach() for k, t in p.items()}
-        self.dataset = dataset or land.default_dataset
-        if self.dataset not in land.datasets:
-            raise ValueError(
-                f"unknown data set {self.dataset!r}; this landscape has {list(land.datasets)}"
-            )
+        self._product = HessianVectorProduct(land, point, dataset=dataset, reuse_graph=reuse_graph)
+        self.point = self._product.point
+        self.dataset = self._product.dataset
         n = land.num_parameters
         self.dtype_torch = next(iter(self.point.values())).dtype
         super().__init__(dtype=np.float64, shape=(n, n))
         self.matvecs = 0
         self.seconds = 0.0
-        self._reuse = reuse_graph and land.datasets[self.dataset].in_memory
-        self._graph: tuple[list[Tensor], list[Tensor]] | None = None
-
-    # The gradient graph, built once (in-memory data) and reused by every product.
-    def _build(self, batches: Any) -> tuple[list[Tensor], list[Tensor]]:
-        land = self.land
-        ds = land.datasets[self.dataset]
-        total = land._dataset_size(ds)
-        leaves = {k: t.clone().requires_grad_(True) for k, t in self.point.items()}
-        grads: list[Tensor] | None = None
-        with land.mode(), torch.enable_grad():
-            for b in batches:
-                loss = land.batch_stats(leaves, b, metrics=False)[0] / total
-                if not torch.isfinite(loss):
-                    raise ValueError(
-                        "the loss is not finite at this point; curvature is undefined there "
-                        "(check the checkpoint or the data)"
-                    )
-                g: list[Tensor] | tuple[Tensor, ...] = torch.autograd.grad(
-                    loss, list(leaves.values()), create_graph=True, allow_unused=True
-                )
-                g = [
-                    torch.zeros_like(t) if gi is None else gi
-                    for gi, t in zip(g, leaves.values(), strict=True)
-                ]
-                grads = list(g) if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
-        assert grads is not None
-        if not any(g.requires_grad for g in grads):
-            self._check_constant_gradient(batches, grads)
-        return grads, list(leaves.values())
-
-    def _check_constant_gradient(self, batches: Any, grads: list[Tensor]) -> None:
-        """Autograd says the gradient does not depend on θ: true for a loss linear in θ
-        (the Hessian is zero), false when an operation lacks a double backward. One
-        finite difference of the gradient tells the two apart."""
-        land = self.land
-        total = land._dataset_size(land.datasets[self.dataset])
-        gen = torch.Generator().manual_seed(0)
-        step = {
-            k: 1e-3 * (t.abs().max().clamp_min(1.0)) * torch.randn(t.shape, generator=gen).to(t)
-            for k, t in self.point.items()
-        }
-        moved = {k: (t + step[k]).requires_grad_(True) for k, t in self.point.items()}
-        with land.mode(), torch.enable_grad():
-            other = None
-            for b in batches:
-                loss = land.batch_stats(moved, b, metrics=False)[0] / total
-                g = torch.autograd.grad(loss, list(moved.values()), allow_unused=True)
-                g2 = [
-                    torch.zeros_like(t) if gi is None else gi
-                    for gi, t in zip(g, moved.values(), strict=True)
-                ]
-                other = g2 if other is None else [a + c for a, c in zip(other, g2, strict=True)]
-        assert other is not None
-        diff = max(float((a - c).abs().max()) for a, c in zip(other, grads, strict=True))
-        scale = max(float(c.abs().max()) for c in grads)
-        if diff > 1e-6 * max(scale, 1e-12):
-            raise ValueError(
-                "the gradient changes with the parameters but autograd gives no second "
-                "derivative: the loss is not twice differentiable by autograd (an operation "
-                "without double backward, e.g. a @once_differentiable Function)"
-            )
 
     def _hvp_list(self, vs: list[Tensor]) -> list[Tensor]:
-        ds = self.land.datasets[self.dataset]
-        if self._reuse:
-            if self._graph is None:
-                self._graph = self._build(ds)
-            grads, leaves = self._graph
-            graphs = [(grads, leaves)]
-        else:
-            graphs = (self._build([b]) for b in ds)  # type: ignore[assignment]
-        out: list[Tensor] | None = None
-        for grads, leaves in graphs:
-            hv = _second_backward(grads, leaves, vs, retain=self._reuse)
-            out = hv if out is None else [a + c for a, c in zip(out, hv, strict=True)]
-        assert out is not None
-        return out
+        return self._product(vs)
 
     def hvp(self, v: Tensor) -> Tensor:
         """``H v`` for a flat torch vector (any float dtype; returned in ``v``'s dtype)."""
@@ -221,32 +143,6 @@ class HessianOperator(LinearOperator):
 
     def _adjoint(self) -> HessianOperator:
         return self
-
-
-def _second_backward(
-    grads: list[Tensor], leaves: list[Tensor], vs: list[Tensor], *, retain: bool
-) -> list[Tensor]:
-    idx = [i for i, g in enumerate(grads) if g.requires_grad]
-    if not idx:  # the gradient is constant: the Hessian is exactly zero
-        return [torch.zeros_like(t) for t in leaves]
-    try:
-        with torch.enable_grad():
-            hv = torch.autograd.grad(
-                [grads[i] for i in idx],
-                leaves,
-                grad_outputs=[vs[i] for i in idx],
-                retain_graph=retain,
-                allow_unused=True,
-            )
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise ValueError(
-            f"the loss is not twice differentiable here (PyTorch: {first}); replace the "
-            "operation it names with one that has a second derivative"
-        ) from None
-    return [
-        torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, leaves, strict=True)
-    ]
 
 
 def _as_matvec(op: Any) -> tuple[MatVec, int]:

@@ -213,29 +213,17 @@ class _Objective:
     """``x -> (L(θ + x), ∇L(θ + x))`` over flat parameter vectors, counting passes."""
 
     def __init__(self, land: Landscape, theta: V.Vector, dataset: str) -> None:
-        from torch.func import grad_and_value
-
         self.land = land
         self.theta = theta
         self.flat = V.flatten(theta)
-        self.ds = land.datasets[dataset]
-        self.n = land._dataset_size(self.ds)
-        self.f = grad_and_value(land._full_loss())
+        self.dataset = dataset
         self.calls = 0
 
     def __call__(self, delta: Tensor) -> tuple[float, Tensor]:
         point = V.unflatten(self.flat + delta, self.theta)
-        value = 0.0
-        grads: list[Tensor] | None = None
-        with self.land.mode():
-            for b in self.ds:
-                g, v = self.f(point, b, self.n)
-                value += float(v)
-                gl = [g[k] for k in point]
-                grads = gl if grads is None else [a + c for a, c in zip(grads, gl, strict=True)]
-        assert grads is not None
+        value, grad = self.land.value_and_grad(point, dataset=self.dataset)
         self.calls += 1
-        return value, torch.cat([t.reshape(-1) for t in grads]).detach()
+        return value, torch.cat([grad[k].reshape(-1) for k in point]).detach()
 
 
 def _generator(seed: int, *index: int) -> torch.Generator:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from lossmap import vectors as V
@@ -183,29 +182,9 @@ class SharpnessHistory:
 
 
 def _loss_and_grad(land: Landscape, point: V.Vector) -> tuple[float, V.Vector]:
-    """The data-set mean loss at ``point`` and its gradient (batch terms weighted by size).
-
-    Plain reverse mode through the landscape's functional loss (several times faster
-    per call than ``torch.func.grad`` for small models); ``point`` is not modified.
-    """
-    ds = land.datasets[land.default_dataset]
-    total = land._dataset_size(ds)
-    leaves = {k: t.detach().requires_grad_(True) for k, t in point.items()}
-    value = 0.0
-    out: V.Vector | None = None
-    with land.mode(), torch.enable_grad():
-        for b in ds:
-            loss = land.batch_stats(leaves, b, metrics=False)[0] / total
-            g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            parts = {
-                k: torch.zeros_like(t) if gi is None else gi
-                for (k, t), gi in zip(leaves.items(), g, strict=True)
-            }
-            out = parts if out is None else {k: out[k] + parts[k] for k in out}
-            value += float(loss.detach())
-    if out is None:
-        raise ValueError(f"data set {land.default_dataset!r} is empty")
-    return value, out
+    """The data-set mean loss at ``point`` and its gradient (the derivative core)."""
+    value, grad = land.value_and_grad(point)
+    return value, {k: g.detach() for k, g in grad.items()}
 
 
 def gradient_descent(
