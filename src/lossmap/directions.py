@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lossmap import vectors as V
 from lossmap._checks import choice
+from lossmap.hessian import eigenvalues
 from lossmap.landscape import Landscape
 
 __all__ = [
@@ -74,22 +75,24 @@ def _normalization(value: str | Normalization) -> Normalization:
     return choice(value, Normalization, "normalization")
 
 
-def ignored_names(land: Landscape, ignore: Iterable[str]) -> set[str]:
-    """Parameter names matched by the ignore rules.
-
-    Rules: ``"bias"`` (parameters named ``*bias``), ``"norm"`` (parameters of
-    BatchNorm / LayerNorm / GroupNorm / ... layers), or a glob over parameter names
-    (``"classifier.*"``) that must match at least one parameter.
-    """
+def _resolve_ignore(
+    names: Sequence[str], ignore: Iterable[str], norm: Callable[[], set[str]] | None
+) -> set[str]:
+    """The names matched by the ignore rules; ``norm`` lists the norm layers' parameters
+    (``None``: no model to ask, so the rule ``"norm"`` is an error)."""
     if isinstance(ignore, str):
         ignore = (ignore,)
-    names = list(land._params0)
     out: set[str] = set()
     for rule in ignore:
         if rule == "bias":
             out |= {n for n in names if n.rsplit(".", 1)[-1] == "bias"}
         elif rule == "norm":
-            out |= land.norm_parameter_names()
+            if norm is None:
+                raise ValueError(
+                    "the ignore rule 'norm' needs the model to find its norm layers; "
+                    "pass land= (or list the parameters as glob patterns)"
+                )
+            out |= norm()
         else:
             hits = fnmatch.filter(names, rule)
             if not hits:
@@ -99,6 +102,16 @@ def ignored_names(land: Landscape, ignore: Iterable[str]) -> set[str]:
                 )
             out |= set(hits)
     return out
+
+
+def ignored_names(land: Landscape, ignore: Iterable[str]) -> set[str]:
+    """Parameter names matched by the ignore rules.
+
+    Rules: ``"bias"`` (parameters named ``*bias``), ``"norm"`` (parameters of
+    BatchNorm / LayerNorm / GroupNorm / ... layers), or a glob over parameter names
+    (``"classifier.*"``) that must match at least one parameter.
+    """
+    return _resolve_ignore(list(land.theta0), ignore, land.norm_parameter_names)
 
 
 def _units(t: Tensor, mode: Normalization) -> Tensor:
@@ -226,7 +239,7 @@ def random(
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     mode = _normalization(normalization)
-    point = land._params0
+    point = land.theta0
     ign = ignored_names(land, ignore)
     if len(ign) == len(point):
         raise ValueError(
@@ -271,11 +284,11 @@ def coordinate(land: Landscape, spec: str) -> Direction:
     A name alone is accepted when that parameter has exactly one entry.
     """
     name, _, rest = spec.partition("[")
-    if name not in land._params0:
+    if name not in land.theta0:
         raise ValueError(
-            f"unknown parameter {name!r} in axis {spec!r}; parameters: {list(land._params0)[:10]}"
+            f"unknown parameter {name!r} in axis {spec!r}; parameters: {list(land.theta0)[:10]}"
         )
-    t = land._params0[name]
+    t = land.theta0[name]
     if rest:
         try:
             index = tuple(int(i) for i in rest.rstrip("]").split(",") if i.strip())
@@ -290,7 +303,7 @@ def coordinate(land: Landscape, spec: str) -> Direction:
         )
     if len(index) != t.ndim or any(not 0 <= i < s for i, s in zip(index, t.shape, strict=False)):
         raise ValueError(f"index {index} is out of range for {name!r} of shape {tuple(t.shape)}")
-    d = V.zeros_like(land._params0)
+    d = V.zeros_like(land.theta0)
     d[name][index] = 1.0
     return Direction(d, kind="axis", parameter=name, index=list(index), label=spec)
 
@@ -309,8 +322,6 @@ def hessian(
 
     Each direction's ``meta`` holds its eigenvalue and the Lanczos cost.
     """
-    from lossmap.hessian import eigenvalues
-
     eig = eigenvalues(land, k, which=which, tol=tol, seed=seed, point=point)
     return [
         Direction(
@@ -327,7 +338,7 @@ def hessian(
 
 
 # ------------------------------------------------------------------ trajectories (PCA)
-def _checkpoint_list(
+def check_checkpoints(
     checkpoints: object, land: Landscape | None, name: str = "checkpoints"
 ) -> list[dict[str, Tensor]]:
     """Validate a list of parameter dicts (all keyed and shaped alike).
@@ -341,16 +352,16 @@ def _checkpoint_list(
             f"{type(checkpoints).__name__}; e.g. [land.point(), ...] or a list of state dicts"
         )
     out: list[dict[str, Tensor]] = []
-    ref: Mapping[str, Tensor] | None = land._params0 if land is not None else None
+    ref: Mapping[str, Tensor] | None = land.theta0 if land is not None else None
     for i, c in enumerate(checkpoints):
         v = V.check_vector(c, name=f"{name}[{i}]")
         if land is not None:
-            problems = [p for p in V.mismatches(v, land._params0) if not p.startswith("unexpected")]
+            problems = [p for p in V.mismatches(v, land.theta0) if not p.startswith("unexpected")]
             if problems:
                 raise ValueError(
                     f"{name}[{i}] does not fit the model's parameters: {'; '.join(problems)}"
                 )
-            v = {k: v[k] for k in land._params0}
+            v = {k: v[k] for k in land.theta0}
         elif ref is None:
             ref = v
         else:
@@ -369,28 +380,9 @@ def _ignored_by_name(
     keys: Sequence[str], ignore: Iterable[str], land: Landscape | None
 ) -> set[str]:
     """Ignore rules resolved over parameter names (``"norm"`` needs the model)."""
-    if isinstance(ignore, str):
-        ignore = (ignore,)
     if land is not None:
         return ignored_names(land, ignore)
-    out: set[str] = set()
-    for rule in ignore:
-        if rule == "bias":
-            out |= {k for k in keys if k.rsplit(".", 1)[-1] == "bias"}
-        elif rule == "norm":
-            raise ValueError(
-                "the ignore rule 'norm' needs the model to find its norm layers; "
-                "pass land= (or list the parameters as glob patterns)"
-            )
-        else:
-            hits = fnmatch.filter(keys, rule)
-            if not hits:
-                raise ValueError(
-                    f"unknown ignore rule {rule!r}: use 'bias', 'norm' or a pattern matching "
-                    f"parameter names (e.g. {keys[0]!r})"
-                )
-            out |= set(hits)
-    return out
+    return _resolve_ignore(keys, ignore, None)
 
 
 def _rows(cps: Sequence[Mapping[str, Tensor]], ref: Mapping[str, Tensor], key: str) -> Tensor:
@@ -461,7 +453,7 @@ def pca(
     >>> [round(x, 6) + 0.0 for x in d["w"].tolist()], round(d.meta["explained_variance_ratio"], 6)
     ([1.0, 0.0, 0.0], 1.0)
     """
-    cps = _checkpoint_list(checkpoints, land)
+    cps = check_checkpoints(checkpoints, land)
     if len(cps) < 2:
         raise ValueError(
             f"PCA needs at least 2 checkpoints (got {len(cps)}); pass the training trajectory"

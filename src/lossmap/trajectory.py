@@ -26,10 +26,12 @@ import numpy as np
 from torch import Tensor, nn
 
 from lossmap import vectors as V
-from lossmap.directions import _checkpoint_list, pca, project
+from lossmap.directions import check_checkpoints, pca, project
 from lossmap.evaluate import Progress
+from lossmap.hessian import eigenvalues
 from lossmap.landscape import Landscape
 from lossmap.results import Surface
+from lossmap.slices import plane
 
 if TYPE_CHECKING:
     from lossmap.store import Journal
@@ -115,9 +117,7 @@ def pca_plane(
         ``n_checkpoints`` and the loss/metrics ``values`` at the checkpoints), and
         ``coords`` as an array ``[n_checkpoints, 2]``.
     """
-    from lossmap.slices import plane
-
-    cps = _checkpoint_list(checkpoints, land)
+    cps = check_checkpoints(checkpoints, land)
     if labels is not None and len(labels) != len(cps):
         raise ValueError(f"labels has {len(labels)} entries for {len(cps)} checkpoints")
     final = cps[-1]
@@ -232,8 +232,6 @@ def gradient_descent(
     Returns:
         :class:`SharpnessHistory`.
     """
-    from lossmap.hessian import eigenvalues
-
     if not (isinstance(lr, int | float) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not isinstance(steps, int) or steps < 0:
