@@ -204,6 +204,17 @@ def _tiny() -> lm.Landscape:
 
 
 LAND = _tiny()
+
+
+def _fails(call) -> bool:
+    """Whether ``call()`` raises ValueError/TypeError (anything else propagates)."""
+    try:
+        call()
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
 spans = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.tuples(st.floats(allow_nan=True), st.floats(allow_nan=True)),
@@ -229,7 +240,14 @@ def test_line_arguments_fuzzed(span: object, steps: object) -> None:
     try:
         c = lm.line(LAND, d, span=span, steps=steps, strategy="loop")  # type: ignore[arg-type]
     except (ValueError, TypeError) as e:
-        assert str(e)
+        # The message names the argument at fault: each is tried with the other valid.
+        culprits = [
+            name
+            for name, kw in (("span", {"span": span, "steps": 3}), ("steps", {"steps": steps}))
+            if _fails(lambda kw=kw: lm.line(LAND, d, strategy="loop", **kw))
+        ]
+        assert culprits, f"neither argument fails alone, yet together: {e}"
+        assert any(name in str(e) for name in culprits), (culprits, str(e))
         return
     assert isinstance(steps, int) and steps >= 2 and c["loss"].shape == (steps,)
     assert c.alpha[0] < c.alpha[-1]
@@ -245,7 +263,24 @@ def test_random_directions_arguments_fuzzed(normalization: str, ignore: list[str
     try:
         ds = lm.directions.random(LAND, n, normalization=normalization, ignore=tuple(ignore))
     except (ValueError, TypeError) as e:
-        assert str(e)
+        # The message names the argument at fault (or quotes the offending value).
+        trials = {
+            "normalization": {"normalization": normalization},
+            "ignore": {"ignore": tuple(ignore)},
+            "n": {"n": n},
+        }
+        culprits = [
+            name
+            for name, kw in trials.items()
+            if _fails(lambda kw=kw: lm.directions.random(LAND, **{"n": 1, **kw}))
+        ]
+        assert culprits, f"no argument fails alone, yet together: {e}"
+        named = {
+            "normalization": ["normalization"],
+            "ignore": ["ignore", *(repr(r) for r in ignore)],
+            "n": ["n must", "n=", "number of directions"],
+        }
+        assert any(w in str(e) for c in culprits for w in named[c]), (culprits, str(e))
         return
     assert len(ds) == n and n >= 1
     for d in ds:

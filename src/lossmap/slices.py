@@ -81,21 +81,27 @@ def parse_span(span: object, n_axes: int) -> list[tuple[float, float]]:
 
 
 def _parse_steps(steps: object, n_axes: int) -> list[int]:
-    items = [steps] * n_axes if isinstance(steps, int) else list(steps)  # type: ignore[call-overload]
+    if isinstance(steps, int):
+        items: list[object] = [steps] * n_axes
+    elif isinstance(steps, Sequence) and not isinstance(steps, str | bytes):
+        items = list(steps)
+    else:
+        items = []  # a float, a string, ...: not steps
     if len(items) != n_axes or not all(
         isinstance(s, int) and not isinstance(s, bool) for s in items
     ):
         raise ValueError(f"steps must be an integer or {n_axes} integers, got {steps!r}")
-    for s in items:
+    ints = [int(s) for s in items]  # type: ignore[call-overload]
+    for s in ints:
         if s < 2:
             raise ValueError(f"steps must be at least 2 (got {s}); e.g. steps=51")
-    total = math.prod(items)
+    total = math.prod(ints)
     if total > MAX_POINTS:
         raise ValueError(
-            f"{' x '.join(map(str, items))} = {total:,} points is too many (limit {MAX_POINTS:,}); "
+            f"{' x '.join(map(str, ints))} = {total:,} points is too many (limit {MAX_POINTS:,}); "
             "use fewer steps"
         )
-    return items
+    return ints
 
 
 def grid(lo: float, hi: float, steps: int) -> np.ndarray:
