@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lossmap import vectors as V
 from lossmap.directions import check_checkpoints, pca, project
 from lossmap.evaluate import Progress
-from lossmap.hessian import eigenvalues
+from lossmap.hessian import Eigen, eigenvalues
 from lossmap.landscape import Landscape
 from lossmap.results import Surface
 from lossmap.slices import plane
@@ -187,6 +187,35 @@ def _loss_and_grad(land: Landscape, point: V.Vector) -> tuple[float, V.Vector]:
     return value, {k: g.detach() for k, g in grad.items()}
 
 
+def _check_gd_arguments(
+    lr: object, steps: object, sharpness_every: object, checkpoint_every: object
+) -> None:
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not isinstance(sharpness_every, int) or sharpness_every < 0:
+        raise ValueError(f"sharpness_every must be an integer >= 0, got {sharpness_every!r}")
+    if checkpoint_every is not None and (
+        not isinstance(checkpoint_every, int) or checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}"
+        )
+
+
+def _sharpness(
+    land: Landscape, theta: V.Vector, prev: np.ndarray | None, *, tol: float, seed: int, step: int
+) -> Eigen:
+    """λ_max at θ_t by Lanczos, started (warm) from the previous top eigenvector plus
+    an equally weighted random unit vector seeded by ``(seed, step)``."""
+    v0 = None
+    if prev is not None:
+        rnd = np.random.default_rng([seed, step]).standard_normal(prev.shape[0])
+        v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
+    return eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0)
+
+
 def gradient_descent(
     land: Landscape,
     *,
@@ -232,18 +261,7 @@ def gradient_descent(
     Returns:
         :class:`SharpnessHistory`.
     """
-    if not (isinstance(lr, int | float) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not isinstance(sharpness_every, int) or sharpness_every < 0:
-        raise ValueError(f"sharpness_every must be an integer >= 0, got {sharpness_every!r}")
-    if checkpoint_every is not None and (
-        not isinstance(checkpoint_every, int) or checkpoint_every < 1
-    ):
-        raise ValueError(
-            f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}"
-        )
+    _check_gd_arguments(lr, steps, sharpness_every, checkpoint_every)
     theta = land.point()
     losses: list[float] = []
     lam_steps: list[int] = []
@@ -259,11 +277,7 @@ def gradient_descent(
         last = t == steps or not np.isfinite(loss) or (stop_loss is not None and loss < stop_loss)
         lam: float | None = None
         if sharpness_every and (t % sharpness_every == 0 or last) and np.isfinite(loss):
-            v0 = None
-            if warm_start and prev is not None:
-                rnd = np.random.default_rng([seed, t]).standard_normal(prev.shape[0])
-                v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
-            eig = eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0)
+            eig = _sharpness(land, theta, prev if warm_start else None, tol=tol, seed=seed, step=t)
             if eig.vectors:
                 prev = V.flatten(eig.vectors[0]).double().cpu().numpy()
             lam = float(eig.values[0])
