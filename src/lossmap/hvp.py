@@ -148,9 +148,16 @@ def _second_backward(
             )
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0][:200]
+        fix = "replace the operation it names with one that has a second derivative"
+        if "scaled_dot_product" in first or "attention" in first:
+            # PyTorch's fused attention kernels have no double backward; the math one has.
+            fix = (
+                "fused attention has no second derivative: build a transformers model with "
+                'attn_implementation="eager", or run inside torch.nn.attention.sdpa_kernel('
+                "torch.nn.attention.SDPBackend.MATH)"
+            )
         raise ValueError(
-            f"the loss is not twice differentiable here (PyTorch: {first}); replace the "
-            "operation it names with one that has a second derivative"
+            f"the loss is not twice differentiable here (PyTorch: {first}); {fix}"
         ) from None
     return [
         torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, leaves, strict=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Self
 
@@ -34,7 +35,16 @@ LossFn = Callable[[Callable[..., Any], Batch], Tensor]
 Metric = Callable[..., Tensor]
 Reducer = Callable[[list[Tensor]], list[Tensor]]
 
-__all__ = ["LossFn", "Metric", "Objective", "Reducer", "accuracy", "binary_accuracy"]
+__all__ = [
+    "LossFn",
+    "Metric",
+    "Objective",
+    "Reducer",
+    "accuracy",
+    "binary_accuracy",
+    "tied_names",
+    "unwrap",
+]
 
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -110,6 +120,45 @@ class _Caller:
         return functional_call(self._module, self._tensors, args, kwargs)
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module inside ``nn.DataParallel`` / ``DistributedDataParallel`` /
+    ``torch.compile`` wrappers (nested too), and the prefix they add to state-dict keys.
+
+    Functional calls cannot go through these wrappers (DataParallel refuses the
+    stateless API; a compiled module's donated buffers refuse double backward), and the
+    wrapped module computes the same function.
+    """
+    prefix = ""
+    while True:
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model, prefix = model.module, prefix + "module."
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+            model, prefix = inner, prefix + "_orig_mod."
+            continue
+        return model, prefix
+
+
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """Tied parameters and buffers: ``{alias: name}`` for every name that refers to a
+    tensor already listed under ``name`` (e.g. a language model's ``lm_head.weight``
+    tied to its token embedding). ``named_parameters()`` lists each tensor once, under
+    ``name``; a ``state_dict()`` holds both keys."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
 class Objective:
     """A model, a loss and data sets: per-batch statistics and derivatives at any θ.
 
@@ -138,6 +187,15 @@ class Objective:
             )
         if data is None:
             raise ValueError("data is required: (X, y) tensors, a DataLoader, or a dict of them")
+        inner, self.wrapper_prefix = unwrap(model)
+        if inner is not model:
+            warnings.warn(
+                f"lossmap evaluates the module inside the {type(model).__name__} wrapper "
+                "(the same function; wrappers refuse functional calls)",
+                stacklevel=3,
+            )
+            model = inner
+        self.aliases = tied_names(model)
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not params:
             raise ValueError(
@@ -277,7 +335,7 @@ class Objective:
             ValueError: missing/unexpected keys or shape mismatches (the first are
                 listed), or non-finite values in the state.
         """
-        state = V.check_vector(state, name="state dict")
+        state = self.canonical_state(V.check_vector(state, name="state dict"))
         expected = {**self._params0, **self._fixed0}
         problems = V.mismatches(state, expected)
         if not strict:
@@ -300,6 +358,31 @@ class Objective:
             for k, t in self._fixed0.items()
         }
         return new
+
+    def canonical_state(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict keyed like this objective's tensors: the prefix of a wrapper the
+        model had (``module.``, ``_orig_mod.``) removed when every key carries it, and
+        each tied alias folded into the name it is tied to.
+
+        Raises:
+            ValueError: two tied keys hold different values.
+        """
+        out = dict(state)
+        pre = self.wrapper_prefix
+        if pre and out and all(k.startswith(pre) for k in out):
+            out = {k.removeprefix(pre): t for k, t in out.items()}
+        for alias, name in self.aliases.items():
+            if alias not in out:
+                continue
+            t = out.pop(alias)
+            if name not in out:
+                out[name] = t
+            elif out[name].shape != t.shape or not torch.equal(out[name], t):
+                raise ValueError(
+                    f"checkpoint: {alias} and {name} are tied in the model but hold different "
+                    "values; save the checkpoint from the tied model (model.state_dict())"
+                )
+        return out
 
     # ------------------------------------------------------------- per batch
     def mode(self) -> contextlib.AbstractContextManager[None]:
