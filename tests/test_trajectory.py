@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import matplotlib
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from conftest import assert_unchanged, state_of
 from torch import nn
 
 import lossmap as lm
-from lossmap import hessian, plot
+from lossmap import hessian, plot, trajectory
 from lossmap import vectors as V
 from lossmap.directions import pca, project
 from lossmap.trajectory import auto_span, gradient_descent, pca_plane, snapshot
@@ -352,3 +354,42 @@ def test_gradient_descent_warm_starts_track_the_dense_top_eigenvalue() -> None:
         np.testing.assert_allclose(h.sharpness, dense, rtol=1e-4)  # the tolerance asked for
     assert runs[True].meta["warm_start"] and not runs[False].meta["warm_start"]
     assert runs[True].matvecs < runs[False].matvecs
+
+
+def test_pca_plane_evaluates_each_batchnorm_checkpoint_with_its_own_statistics() -> None:
+    """Issue #17, item 2: the loss at each checkpoint of a BatchNorm model uses that
+    checkpoint's running statistics (state dicts), not the final model's; it is in
+    meta["checkpoint_losses"], one value per checkpoint, in order."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 5, generator=g)
+    y = (x @ torch.randn(5, 3, generator=g)).argmax(dim=1)  # learnable labels
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    states = []
+    for epoch in range(4):
+        model.train()
+        for _ in range(10):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():  # drifting statistics: each checkpoint has its own
+            model(x * (1 + epoch) + epoch)
+        states.append({k: t.clone() for k, t in model.state_dict().items()})
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))  # the final statistics
+    surf, _ = trajectory.pca_plane(land, states, steps=5)
+    expected = []
+    for sd in states:
+        m = copy.deepcopy(model)
+        m.load_state_dict(sd)
+        m.eval()
+        with torch.no_grad():
+            expected.append(float(nn.functional.cross_entropy(m(x), y)))
+    got = surf.meta["checkpoint_losses"]["train/loss"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # The final model's statistics would give other values for the early checkpoints.
+    params_only = trajectory.checkpoint_values(
+        land, [{k: s[k] for k in land.theta0} for s in states]
+    )
+    assert abs(params_only["train/loss"][0] - expected[0]) > 0.05
+    assert surf.meta["trajectory"]["values"] == surf.meta["checkpoint_losses"]

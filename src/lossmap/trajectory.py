@@ -36,7 +36,14 @@ from lossmap.slices import plane
 if TYPE_CHECKING:
     from lossmap.store import Journal
 
-__all__ = ["SharpnessHistory", "auto_span", "gradient_descent", "pca_plane", "snapshot"]
+__all__ = [
+    "SharpnessHistory",
+    "auto_span",
+    "checkpoint_values",
+    "gradient_descent",
+    "pca_plane",
+    "snapshot",
+]
 
 
 def snapshot(model: nn.Module) -> V.Vector:
@@ -96,8 +103,10 @@ def pca_plane(
     norm, so α, β are distances in parameter space); the path's coordinates are
     ``c_i = (⟨θ_i − θ_n, d1⟩, ⟨θ_i − θ_n, d2⟩)`` (:func:`lossmap.directions.project`),
     so the final point sits at (0, 0). The checkpoints themselves generally lie off
-    the plane: the loss drawn under a projected point is not the checkpoint's loss
-    (that one is in ``meta["trajectory"]["values"]``).
+    the plane: the loss drawn under a projected point is not the checkpoint's loss.
+    That one is in ``meta["checkpoint_losses"]`` (also ``meta["trajectory"]["values"]``),
+    evaluated with each checkpoint's own buffers when it holds them (BatchNorm running
+    statistics: pass state dicts), see :func:`checkpoint_values`.
 
     Args:
         land: the landscape (model, loss, data).
@@ -137,7 +146,8 @@ def pca_plane(
         progress=progress,
         journal=journal,
     )
-    at_checkpoints = land.evaluate(cps, datasets=datasets, strategy=strategy)
+    values = checkpoint_values(land, checkpoints, datasets=datasets, strategy=strategy)
+    surf.meta["checkpoint_losses"] = values
     surf.meta["trajectory"] = {
         "coords": coords.tolist(),
         "labels": None if labels is None else [float(x) for x in labels],
@@ -145,9 +155,36 @@ def pca_plane(
         "n_checkpoints": len(cps),
         "centered": bool(center),
         "distance_to_final": [float(V.norm(V.sub(c, final))) for c in cps],
-        "values": {k: np.asarray(v).tolist() for k, v in at_checkpoints.items() if "/" in k},
+        "values": values,
     }
     return surf, coords
+
+
+def checkpoint_values(
+    land: Landscape,
+    checkpoints: Sequence[Mapping[str, Tensor]],
+    *,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+) -> dict[str, list[float]]:
+    """Loss and metrics at each checkpoint: ``{"<data set>/<stat>": [one per checkpoint]}``.
+
+    A checkpoint that holds buffers (a state dict of a BatchNorm model) is evaluated
+    with its own running statistics, not with those of ``land``; parameter dicts use
+    ``land``'s buffers.
+    """
+    cps = check_checkpoints(checkpoints, land)
+    own = [any(k in c for k in land.fixed) for c in checkpoints]
+    if not any(own):
+        vals = land.evaluate(cps, datasets=datasets, strategy=strategy)
+        return {k: np.asarray(v).tolist() for k, v in vals.items() if "/" in k}
+    out: dict[str, list[float]] = {}
+    for c, p, has_buffers in zip(checkpoints, cps, own, strict=True):
+        at = land.at(c, strict=False) if has_buffers else land
+        for k, v in at.evaluate([p], datasets=datasets, strategy=strategy).items():
+            if "/" in k:
+                out.setdefault(k, []).append(float(v[0]))
+    return out
 
 
 # ------------------------------------------------------------------ sharpness during GD
