@@ -42,9 +42,14 @@ def _apply(mv: MatVec, X: np.ndarray) -> np.ndarray:
     return np.stack([mv(X[:, i]) for i in range(X.shape[1])], axis=1)
 
 
-def _check_budget(matvecs: int, least: int) -> None:
+def _prepare(
+    op: LinearOperator | np.ndarray, matvecs: int, seed: int, *, least: int
+) -> tuple[MatVec, int, np.random.Generator]:
+    """The budget checked (at least ``least``), the mat-vec, ``n`` and the generator."""
     if not isinstance(matvecs, int) or matvecs < least:
         raise ValueError(f"matvecs must be an integer >= {least}, got {matvecs!r}")
+    mv, n = as_matvec(op)
+    return mv, n, np.random.default_rng(seed)
 
 
 def _exact(mv: MatVec, n: int, method: str) -> Trace:
@@ -76,9 +81,7 @@ def hutchinson(op: LinearOperator | np.ndarray, *, matvecs: int = 90, seed: int 
     >>> t.value == 5050.0, t.stderr == 0.0, t.matvecs   # a diagonal A: every probe exact
     (True, True, 20)
     """
-    _check_budget(matvecs, 2)
-    mv, n = as_matvec(op)
-    rng = np.random.default_rng(seed)
+    mv, n, rng = _prepare(op, matvecs, seed, least=2)
     if matvecs >= n:
         return _exact(mv, n, "hutchinson")
     Z = _rademacher(rng, n, matvecs)
@@ -114,9 +117,7 @@ def hutchpp(op: LinearOperator | np.ndarray, *, matvecs: int = 90, seed: int = 0
     >>> round(t.value, 6), t.matvecs
     (150.0, 30)
     """
-    _check_budget(matvecs, 6)
-    mv, n = as_matvec(op)
-    rng = np.random.default_rng(seed)
+    mv, n, rng = _prepare(op, matvecs, seed, least=6)
     if matvecs >= n:
         return _exact(mv, n, "hutch++")
     s = matvecs // 3
@@ -159,16 +160,14 @@ def xtrace(op: LinearOperator | np.ndarray, *, matvecs: int = 90, seed: int = 0)
         :class:`Trace` (``method="xtrace"``, ``meta`` with ``probes``); exact when
         ``matvecs >= n``.
 
-    >>> rng = np.random.default_rng(0)
-    >>> U = np.linalg.qr(rng.standard_normal((200, 5)))[0]
-    >>> A = U @ np.diag([50.0, 40.0, 30.0, 20.0, 10.0]) @ U.T   # rank 5, trace 150
-    >>> t = xtrace(A, matvecs=31, seed=0)
-    >>> round(t.value, 6), t.matvecs
-    (150.0, 30)
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> U = np.linalg.qr(np.random.default_rng(1).standard_normal((100, 3)))[0]
+    >>> A = aslinearoperator(U @ np.diag([3.0, 2.0, 1.0]) @ U.T)   # rank 3, trace 6
+    >>> t = xtrace(A, matvecs=21, seed=0)
+    >>> round(t.value, 6), t.matvecs, t.meta
+    (6.0, 20, {'probes': 10})
     """
-    _check_budget(matvecs, 6)
-    mv, n = as_matvec(op)
-    rng = np.random.default_rng(seed)
+    mv, n, rng = _prepare(op, matvecs, seed, least=6)
     if matvecs >= n:
         return _exact(mv, n, "xtrace")
     m = matvecs // 2
