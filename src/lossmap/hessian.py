@@ -1,19 +1,26 @@
 """Curvature of the loss from Hessian-vector products (HVPs).
 
 Everything here works on the *exact* data-set mean loss (batch means weighted by batch
-size) and counts the HVPs it spends.
+size) and counts the HVPs it spends. The algorithms themselves work on any symmetric
+mat-vec and live in :mod:`lossmap.linalg`; the functions here build the Hessian
+operator from a :class:`~lossmap.landscape.Landscape` (or take any operator), call
+them, and return eigenvectors as parameter dicts.
 
 - :class:`HessianOperator`: a :class:`scipy.sparse.linalg.LinearOperator` over the
   flattened trainable parameters (float64 in, float64 out), with a torch method too.
 - :func:`eigenvalues`: Lanczos with full reorthogonalisation, stopped as soon as the
-  wanted Ritz values are certified to ``tol`` (residual and gap bounds).
+  wanted Ritz values are certified to ``tol`` (:func:`lossmap.linalg.lanczos`).
 - :func:`power_iteration`: the textbook method with deflation (as in PyHessian, Yao et
-  al. 2020), for comparison and teaching.
+  al. 2020), for comparison and teaching (:func:`lossmap.linalg.power_iteration`).
 - :func:`trace`: Hutchinson (1989), Hutch++ (Meyer et al. 2021) and XTrace (Epperly et
-  al. 2024), each with a standard error.
+  al. 2024), each with a standard error (:mod:`lossmap.linalg.trace`).
 - :func:`spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019; Lin,
-  Saad & Yang 2016), Gaussian-broadened, with the Ritz nodes and weights.
+  Saad & Yang 2016), Gaussian-broadened, with the Ritz nodes and weights
+  (:func:`lossmap.linalg.lanczos_quadrature` per probe).
 - :func:`dense`: the explicit Hessian for small models.
+
+:func:`lanczos`, :class:`Trace` and :func:`single_blas_thread` are
+:mod:`lossmap.linalg`'s, re-exported here.
 
 HVPs use double backward through a gradient graph that is built once per point and
 reused for every product (as PyHessian does): measured faster here than
@@ -23,15 +30,12 @@ Data sets that are streamed rather than held rebuild the graph batch by batch.
 
 from __future__ import annotations
 
-import functools
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.linalg
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
@@ -39,6 +43,17 @@ from torch import Tensor
 from lossmap import vectors as V
 from lossmap.hvp import HessianVectorProduct
 from lossmap.landscape import Landscape
+from lossmap.linalg import (
+    Trace,
+    as_matvec,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    lanczos_quadrature,
+    single_blas_thread,
+    xtrace,
+)
+from lossmap.linalg import power_iteration as _power_iteration
 from lossmap.results import Spectrum, broaden
 
 if TYPE_CHECKING:
@@ -59,28 +74,6 @@ __all__ = [
 ]
 
 DENSE_LIMIT = 10_000
-MatVec = Callable[[np.ndarray], np.ndarray]
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def single_blas_thread(fn: _F) -> _F:
-    """Run ``fn`` with numpy's BLAS on one thread.
-
-    The Krylov methods alternate small numpy products (reorthogonalisation) with torch
-    HVPs. OpenBLAS threads busy-wait after each product and take the cores from
-    torch's threads: on two cores, measured here, a top-1 Lanczos on a 26k-parameter
-    MLP took 0.17 s with BLAS threads and 0.025 s without (HVPs 14 -> 2.5 ms). The
-    numpy work is tiny; one thread loses nothing.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------- operator
@@ -145,15 +138,16 @@ class HessianOperator(LinearOperator):
         return self
 
 
-def _as_matvec(op: Any) -> tuple[MatVec, int]:
-    if isinstance(op, Landscape):
-        op = HessianOperator(op)
-    if isinstance(op, LinearOperator):
-        return (lambda x: np.asarray(op @ x).reshape(-1)), int(op.shape[0])
-    if isinstance(op, np.ndarray):
-        return (lambda x: op @ x), int(op.shape[0])
+def _operator(
+    land: Landscape | LinearOperator | np.ndarray, point: Mapping[str, Tensor] | None
+) -> LinearOperator | np.ndarray:
+    """The Hessian of a Landscape at ``point`` (θ0 by default), or the operator given."""
+    if isinstance(land, Landscape):
+        return HessianOperator(land, point)
+    if isinstance(land, (LinearOperator, np.ndarray)):
+        return land
     raise TypeError(
-        f"expected a Landscape, a HessianOperator / LinearOperator or a square array, got {type(op).__name__}"
+        f"expected a Landscape, a HessianOperator / LinearOperator or a square array, got {type(land).__name__}"
     )
 
 
@@ -193,123 +187,37 @@ class Eigen:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Trace:
-    """A trace estimate with its standard error and cost."""
-
-    value: float
-    stderr: float
-    matvecs: int
-    method: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------- lanczos
-def _which(which: str) -> str:
-    if which not in ("LA", "SA", "LM"):
-        raise ValueError(
-            f"which must be 'LA' (largest), 'SA' (smallest) or 'LM' (largest magnitude), got {which!r}"
-        )
-    return which
+def _as_dicts(op: LinearOperator | np.ndarray, vecs: np.ndarray) -> list[V.Vector]:
+    """The columns of ``vecs`` ``[n, k]`` as parameter dicts (a HessianOperator's point),
+    or none for another operator."""
+    if not isinstance(op, HessianOperator):
+        return []
+    return [
+        V.unflatten(torch.from_numpy(vecs[:, i]).to(op.dtype_torch), op.point)
+        for i in range(vecs.shape[1])
+    ]
 
 
-def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    if which == "LA":
-        return np.argsort(theta)[::-1][:k]
-    if which == "SA":
-        return np.argsort(theta)[:k]
-    return np.argsort(-np.abs(theta))[:k]
+def _start_vector(
+    v0: Mapping[str, Tensor] | np.ndarray | None, op: LinearOperator | np.ndarray, n: int
+) -> np.ndarray | None:
+    """``v0`` as a flat float64 ``[n]`` array (from a parameter dict or an array)."""
+    if v0 is None:
+        return None
+    if isinstance(v0, np.ndarray):
+        start = np.asarray(v0, dtype=np.float64).reshape(-1)
+    else:
+        like = op.point if isinstance(op, HessianOperator) else None
+        if like is None:
+            raise TypeError("v0 as a parameter dict needs a Landscape or a HessianOperator")
+        v = V.check_vector(v0, like, name="v0")
+        start = V.flatten({k: v[k] for k in like}).double().cpu().numpy()
+    if start.shape != (n,) or not np.all(np.isfinite(start)) or not np.any(start):
+        raise ValueError(f"v0 must be a finite, non-zero vector of {n:,} entries")
+    return start
 
 
-def _tridiag_eigh(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the Lanczos tridiagonal (diagonal ``alpha``, off ``beta``)."""
-    if len(alpha) == 1:
-        return np.array(alpha), np.ones((1, 1))
-    theta, s = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta[: len(alpha) - 1]))
-    return theta, s
-
-
-@single_blas_thread
-def lanczos(
-    matvec: MatVec,
-    n: int,
-    *,
-    k: int = 1,
-    which: str = "LA",
-    tol: float = 1e-6,
-    max_iter: int | None = None,
-    v0: np.ndarray | None = None,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool]:
-    """Lanczos with full reorthogonalisation, stopped when the ``k`` wanted Ritz values
-    are certified: for each, ``min(r, r² / gap) <= tol * |θ|`` with ``r = |β_m s_m|``
-    the residual norm and ``gap`` the distance to the nearest other Ritz value (the
-    Kato–Temple bound on the eigenvalue error), and ``θ`` changed by at most
-    ``tol * |θ|`` over the last step (the Ritz gap overstates the true one until the
-    neighbouring Ritz value has converged; without this check early stops missed the
-    tolerance by up to 2× along a GD trajectory).
-
-    Returns ``(values, vectors [n, k], residuals, matvecs, converged)``.
-    """
-    which = _which(which)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of parameters ({n:,}), got {k}")
-    max_iter = min(n, max_iter if max_iter is not None else max(300, 20 * k))
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal(n) if v0 is None else np.asarray(v0, dtype=np.float64).copy()
-    q /= np.linalg.norm(q)
-    Q = np.empty((max_iter + 1, n))
-    Q[0] = q
-    alpha: list[float] = []
-    beta: list[float] = []
-    converged = False
-    theta: np.ndarray = np.empty(0)
-    s: np.ndarray = np.empty((0, 0))
-    prev: np.ndarray | None = None  # the wanted Ritz values one step earlier
-    m = 0
-    for j in range(max_iter):
-        w = matvec(Q[j])
-        a = float(Q[j] @ w)
-        w = w - a * Q[j] - (beta[-1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        alpha.append(a)
-        m = j + 1
-        theta, s = _tridiag_eigh(alpha, beta)
-        invariant = b <= 1e-12 * max(1.0, float(np.max(np.abs(theta))))
-        if m >= k:
-            sel = _select(theta, k, which)
-            r = np.abs(b * s[-1, sel])
-            gaps = np.array(
-                [
-                    np.min(np.abs(np.delete(theta, int(i)) - theta[int(i)])) if m > 1 else np.inf
-                    for i in sel
-                ]
-            )
-            # With a single Ritz value there is no gap estimate yet: the residual alone.
-            err = r if m == 1 else np.minimum(r, r**2 / np.maximum(gaps, 1e-300))
-            scale = np.maximum(np.abs(theta[sel]), 1e-12 * max(1.0, float(np.max(np.abs(theta)))))
-            # The Kato–Temple bound needs the gap to the rest of the spectrum; the gap to
-            # the next Ritz value overstates it until that value has converged too (Ritz
-            # values interlace inside the spectrum). So the wanted values must also have
-            # stopped moving: their change over the last step within the tolerance.
-            moved = np.abs(theta[sel] - prev) if prev is not None else np.full(len(sel), np.inf)
-            prev = theta[sel]
-            if invariant or (np.all(err <= tol * scale) and np.all(moved <= tol * scale)):
-                converged = True
-                beta.append(b)
-                break
-        if invariant:
-            break
-        beta.append(b)
-        Q[j + 1] = w / b
-    sel = _select(theta, min(k, m), which)
-    vecs = Q[:m].T @ s[:, sel]
-    resid = np.abs(beta[m - 1] * s[-1, sel]) if len(beta) >= m else np.zeros(len(sel))
-    return theta[sel], vecs, resid, m, converged
-
-
+# ----------------------------------------------------------------- eigenvalues
 @single_blas_thread
 def eigenvalues(
     land: Landscape | LinearOperator,
@@ -344,12 +252,12 @@ def eigenvalues(
         ascending for SA), ``vectors`` as unit-norm parameter dicts, ``matvecs``,
         ``residuals`` ``||Hv - λv||``.
     """
-    op = HessianOperator(land, point) if isinstance(land, Landscape) else land
+    op = _operator(land, point)
     n = int(op.shape[0])
     if not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of parameters ({n:,}), got {k!r}")
     before = getattr(op, "matvecs", 0)
-    mv, _ = _as_matvec(op)
+    mv, _ = as_matvec(op)
     calls = 0
 
     def counted(x: np.ndarray) -> np.ndarray:
@@ -357,29 +265,14 @@ def eigenvalues(
         calls += 1
         return mv(x)
 
-    start: np.ndarray | None = None
-    if v0 is not None:
-        if isinstance(v0, np.ndarray):
-            start = np.asarray(v0, dtype=np.float64).reshape(-1)
-        else:
-            like = op.point if isinstance(op, HessianOperator) else None
-            if like is None:
-                raise TypeError("v0 as a parameter dict needs a Landscape or a HessianOperator")
-            v = V.check_vector(v0, like, name="v0")
-            start = V.flatten({k: v[k] for k in like}).double().cpu().numpy()
-        if start.shape != (n,) or not np.all(np.isfinite(start)) or not np.any(start):
-            raise ValueError(f"v0 must be a finite, non-zero vector of {n:,} entries")
+    start = _start_vector(v0, op, n)
     vals, vecs, resid, _, ok = lanczos(
         counted, n, k=k, which=which, tol=tol, max_iter=max_iter, v0=start, seed=seed
     )
-    vectors = []
-    if isinstance(op, HessianOperator):
-        vectors = [
-            V.unflatten(torch.from_numpy(vecs[:, i]).to(op.dtype_torch), op.point)
-            for i in range(vecs.shape[1])
-        ]
     used = getattr(op, "matvecs", before + calls) - before
-    return Eigen(vals, vectors, int(used), resid, ok, which, {"tol": tol, "method": "lanczos"})
+    return Eigen(
+        vals, _as_dicts(op, vecs), int(used), resid, ok, which, {"tol": tol, "method": "lanczos"}
+    )
 
 
 @single_blas_thread
@@ -396,56 +289,21 @@ def power_iteration(
 
     The textbook method used by PyHessian (Yao et al. 2020): iterate ``v <- Hv/||Hv||``
     orthogonal to the eigenvectors already found, stop when the Rayleigh quotient
-    changes by less than ``tol`` relative. Converges slowly when eigenvalues are close;
-    prefer :func:`eigenvalues`.
+    changes by less than ``tol`` relative (see :func:`lossmap.linalg.power_iteration`).
+    Converges slowly when eigenvalues are close; prefer :func:`eigenvalues`.
     """
-    op = HessianOperator(land, point) if isinstance(land, Landscape) else land
-    n = int(op.shape[0])
-    if not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of parameters ({n:,}), got {k!r}")
-    mv, _ = _as_matvec(op)
-    rng = np.random.default_rng(seed)
-    found: list[np.ndarray] = []
-    vals: list[float] = []
-    res: list[float] = []
-    calls = 0
-    ok = True
-    for _ in range(k):
-        v = rng.standard_normal(n)
-        lam = None
-        conv = False
-        for _ in range(max_iter):
-            for u in found:
-                v -= (u @ v) * u
-            v /= np.linalg.norm(v)
-            hv = mv(v)
-            calls += 1
-            for u in found:
-                hv -= (u @ hv) * u
-            new = float(v @ hv)
-            if lam is not None and abs(new - lam) <= tol * abs(new) + 1e-30:
-                lam = new
-                conv = True
-                v = hv
-                break
-            lam = new
-            v = hv
-        v = v / np.linalg.norm(v)
-        found.append(v)
-        vals.append(float(lam or 0.0))
-        res.append(float("nan"))
-        ok = ok and conv
-    vectors = []
-    if isinstance(op, HessianOperator):
-        vectors = [V.unflatten(torch.from_numpy(u).to(op.dtype_torch), op.point) for u in found]
-    return Eigen(
-        np.array(vals), vectors, calls, np.array(res), ok, "LM", {"tol": tol, "method": "power"}
-    )
+    op = _operator(land, point)
+    mv, n = as_matvec(op)
+    vals, vecs, res, calls, ok = _power_iteration(mv, n, k=k, max_iter=max_iter, tol=tol, seed=seed)
+    return Eigen(vals, _as_dicts(op, vecs), calls, res, ok, "LM", {"tol": tol, "method": "power"})
 
 
 # ------------------------------------------------------------------------ trace
-def _rademacher(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
-    return rng.integers(0, 2, size=(n, m)).astype(np.float64) * 2 - 1
+_TRACE_METHODS: dict[str, Callable[..., Trace]] = {
+    "hutchinson": hutchinson,
+    "hutch++": hutchpp,
+    "xtrace": xtrace,
+}
 
 
 @single_blas_thread
@@ -459,7 +317,7 @@ def trace(
 ) -> Trace:
     """Stochastic estimate of ``tr(H)`` with a standard error.
 
-    Methods:
+    Methods (each a function of :mod:`lossmap.linalg.trace`):
         ``"hutchinson"``: ``(1/m) Σ zᵀHz`` over Rademacher ``z`` (Hutchinson 1989);
         stderr = sample std / √m.
         ``"hutch++"``: Meyer, Musco, Musco & Woodruff 2021: the trace of ``H`` on a
@@ -468,68 +326,15 @@ def trace(
         ``"xtrace"``: Epperly, Tropp & Webber 2024: exchangeable leave-one-out
         Hutch++ using all ``m/2`` products for both parts; stderr from the
         spread of the leave-one-out estimates.
+
+    A budget ``matvecs`` that covers all ``n`` parameters gives the exact trace.
     """
-    op = HessianOperator(land, point) if isinstance(land, Landscape) else land
-    methods = ("hutchinson", "hutch++", "xtrace")
-    if method not in methods:
-        raise ValueError(f"unknown trace method {method!r}; choose one of {', '.join(methods)}")
-    if not isinstance(matvecs, int) or matvecs < (2 if method == "hutchinson" else 6):
+    op = _operator(land, point)
+    if not isinstance(method, str) or method not in _TRACE_METHODS:
         raise ValueError(
-            f"matvecs must be an integer >= {2 if method == 'hutchinson' else 6}, got {matvecs!r}"
+            f"unknown trace method {method!r}; choose one of {', '.join(_TRACE_METHODS)}"
         )
-    mv, n = _as_matvec(op)
-    rng = np.random.default_rng(seed)
-
-    def apply(X: np.ndarray) -> np.ndarray:
-        return np.stack([mv(X[:, i]) for i in range(X.shape[1])], axis=1)
-
-    if matvecs >= n:  # the budget covers the whole space: the exact trace is cheaper
-        diag = [mv(np.eye(1, n, i)[0])[i] for i in range(n)]
-        return Trace(float(np.sum(diag)), 0.0, n, method, {"exact": True})
-    if method == "hutchinson":
-        Z = _rademacher(rng, n, matvecs)
-        est = np.einsum("ij,ij->j", Z, apply(Z))
-        return Trace(
-            float(est.mean()), float(est.std(ddof=1) / math.sqrt(len(est))), matvecs, method
-        )
-    if method == "hutch++":
-        s = matvecs // 3
-        g = matvecs - 2 * s
-        S = _rademacher(rng, n, s)
-        Qm, _ = np.linalg.qr(apply(S))
-        HQ = apply(Qm)
-        top = float(np.trace(Qm.T @ HQ))
-        G = _rademacher(rng, n, g)
-        G = G - Qm @ (Qm.T @ G)
-        est = np.einsum("ij,ij->j", G, apply(G))
-        se = float(est.std(ddof=1) / math.sqrt(g)) if g > 1 else float("nan")
-        return Trace(top + float(est.mean()), se, 2 * s + g, method, {"sketch": s, "probes": g})
-    # XTrace (Epperly, Tropp & Webber 2024), with improved (normalised) Rademacher probes.
-    m = matvecs // 2
-    Om = _rademacher(rng, n, m)
-    Y = apply(Om)
-    Qm, R = np.linalg.qr(Y)
-    Z = apply(Qm)
-    H = Qm.T @ Z
-    W = Qm.T @ Om
-    # Leave-one-out bases Q_(i) = Q (I - s_i s_iᵀ) with s_i ∝ the i-th column of R^{-T}.
-    Sinv = np.linalg.inv(R).T
-    Sn = Sinv / np.linalg.norm(Sinv, axis=0, keepdims=True)
-    dSW = np.sum(Sn * W, axis=0)
-    dSHS = np.sum(Sn * (H @ Sn), axis=0)
-    # Without probe i the sketch spans Q (I - s_i s_iᵀ): s_i ⟂ R e_j for all j != i.
-    # Hutch++ with that basis and the held-out probe ω_i:
-    #   tr((I - s sᵀ) QᵀHQ) + zᵀHz,  z = ω_i - Q (I - s sᵀ) Qᵀω_i,  Hz = Hω_i - HQ (...).
-    tr_top = np.trace(H) - dSHS
-    ests = np.empty(m)
-    for i in range(m):
-        c = W[:, i] - Sn[:, i] * dSW[i]
-        z = Om[:, i] - Qm @ c
-        hz = Y[:, i] - Z @ c
-        ests[i] = tr_top[i] + float(z @ hz)
-    value = float(ests.mean())
-    se = float(ests.std(ddof=1) / math.sqrt(m))
-    return Trace(value, se, 2 * m, method, {"probes": m})
+    return _TRACE_METHODS[method](op, matvecs=matvecs, seed=seed)
 
 
 # -------------------------------------------------------------------- density
@@ -551,9 +356,10 @@ def spectral_density(
 
     For each of ``probes`` Gaussian unit start vectors, ``steps`` Lanczos steps (full
     reorthogonalisation) give Ritz values ``θ_i`` (the nodes) and weights
-    ``τ_i = (e₁ᵀ s_i)²``; the density is ``(1/probes) Σ τ_i N(t; θ_i, σ²)`` on a grid
-    covering the nodes (±5σ), normalised to integrate to 1. ``σ`` defaults to 1/200 of
-    the spectrum's width. Uses ``probes * steps`` HVPs.
+    ``τ_i = (e₁ᵀ s_i)²`` (:func:`lossmap.linalg.lanczos_quadrature`); the density is
+    ``(1/probes) Σ τ_i N(t; θ_i, σ²)`` on a grid covering the nodes (±5σ), normalised
+    to integrate to 1. ``σ`` defaults to 1/200 of the spectrum's width. Uses
+    ``probes * steps`` HVPs.
 
     ``deflate=True`` (no extra HVPs): Ritz values whose residual is below
     ``deflate_tol`` times the spectral radius are eigenvalues; they get their expected
@@ -564,10 +370,10 @@ def spectral_density(
     With a :class:`~lossmap.store.Journal`, each finished probe's nodes and weights are
     recorded (``density/<i>``) and a rerun skips them; the result is the same.
     """
-    op = HessianOperator(land, point) if isinstance(land, Landscape) else land
+    op = _operator(land, point)
     if probes < 1 or steps < 2:
         raise ValueError(f"need probes >= 1 and steps >= 2, got probes={probes}, steps={steps}")
-    mv, n = _as_matvec(op)
+    mv, n = as_matvec(op)
     steps = min(steps, n)
     rng = np.random.default_rng(seed)
     all_nodes, all_w = [], []
@@ -582,69 +388,45 @@ def spectral_density(
             calls += int(done[2, 0])
             resumed += 1
             continue
-        calls_before = calls
-        Q = np.empty((steps + 1, n))
-        Q[0] = v0 / np.linalg.norm(v0)
-        alpha: list[float] = []
-        beta: list[float] = []
-        for j in range(steps):
-            w = mv(Q[j])
-            calls += 1
-            a = float(Q[j] @ w)
-            w = w - a * Q[j] - (beta[-1] * Q[j - 1] if j > 0 else 0.0)
-            for _ in range(2):
-                w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-            b = float(np.linalg.norm(w))
-            alpha.append(a)
-            beta.append(b)
-            if j == steps - 1 or b <= 1e-10 * max(1.0, abs(a)):
-                break
-            Q[j + 1] = w / b
-        theta, s = _tridiag_eigh(alpha, beta)
-        wq = s[0] ** 2
-        if deflate and len(theta) < n:
-            # Converged Ritz values are eigenvalues of H; their quadrature weight
-            # (v·u_i)² is a noisy estimate of 1/n (chi-square with one degree of
-            # freedom). Give them their expected weight exactly and rescale the rest:
-            # the outliers, which dominate the error far from the bulk, become exact.
-            last_beta = beta[len(alpha) - 1] if len(beta) >= len(alpha) else 0.0
-            resid = np.abs(last_beta * s[-1])
-            conv = resid <= deflate_tol * max(float(np.max(np.abs(theta))), 1e-300)
-            k = int(conv.sum())
-            rest = float(wq[~conv].sum())
-            if 0 < k < len(theta) and rest > 0:
-                wq = np.where(conv, 1.0 / n, wq * (1.0 - k / n) / rest)
-        nodes = np.full(steps, theta[0])
-        wts = np.zeros(steps)
-        nodes[: len(theta)] = theta
-        wts[: len(theta)] = wq
+        nodes, wts, used = lanczos_quadrature(
+            mv, v0, steps=steps, deflate=deflate, deflate_tol=deflate_tol
+        )
+        calls += used
         all_nodes.append(nodes)
         all_w.append(wts)
         if journal is not None:
             count = np.zeros(steps)
-            count[0] = calls - calls_before
+            count[0] = used
             journal.put(f"density/{i}", np.stack([nodes, wts, count]))
-    nodes_a, w_a = np.array(all_nodes), np.array(all_w)
-    lo, hi = float(nodes_a.min()), float(nodes_a.max())
+    meta = {"probes": probes, "steps": steps, "seed": seed, "deflate": deflate}
+    return _broadened(
+        np.array(all_nodes),
+        np.array(all_w),
+        sigma,
+        grid_points,
+        calls,
+        meta | {"resumed_probes": resumed},
+    )
+
+
+def _broadened(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    sigma: float | None,
+    grid_points: int,
+    matvecs: int,
+    meta: dict[str, Any],
+) -> Spectrum:
+    """The density ``[grid_points]`` of Gaussians ``N(θ, σ²)`` at the ``nodes``
+    ``[probes, steps]`` weighted by ``weights`` and averaged over probes, on a grid
+    ±5σ past the extreme nodes, normalised to integrate to 1; ``σ`` defaults to 1/200
+    of the nodes' spread."""
+    lo, hi = float(nodes.min()), float(nodes.max())
     width = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
     sig = float(sigma) if sigma is not None else width / 200
     grid = np.linspace(lo - 5 * sig, hi + 5 * sig, grid_points)
-    dens = broaden(nodes_a, w_a, grid, sig)
+    dens = broaden(nodes, weights, grid, sig)
     area = float(np.trapezoid(dens, grid))
     if area > 0:
         dens = dens / area
-    return Spectrum(
-        grid,
-        dens,
-        nodes_a,
-        w_a,
-        sig,
-        calls,
-        {
-            "probes": probes,
-            "steps": steps,
-            "seed": seed,
-            "deflate": deflate,
-            "resumed_probes": resumed,
-        },
-    )
+    return Spectrum(grid, dens, nodes, weights, sig, matvecs, meta)
