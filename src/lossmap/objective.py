@@ -234,6 +234,13 @@ class Objective:
         return {k: t.clone() for k, t in self._fixed0.items()}
 
     @property
+    def fused_cross_entropy(self) -> bool:
+        """Whether the loss is plain cross-entropy (no class weights, no label smoothing,
+        mean or sum) with at most the default accuracy, on held class-index targets none
+        of which is negative: the case :meth:`output_stats` reduces in one fused pass."""
+        return self._fast_ce
+
+    @property
     def theta0(self) -> Mapping[str, Tensor]:
         """θ0 itself, read-only (no copy: for shapes, dtypes, devices and reading);
         :meth:`point` gives a copy to change."""
