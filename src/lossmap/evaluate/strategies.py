@@ -59,9 +59,10 @@ class Evaluator:
                 "use strategy='auto'"
             )
         self._cache: dict[int, tuple[Tensor, Tensor, Any]] = {}
-        self._bufs: dict[int, Tensor] = {}
-        self._scratch = Scratch()
         self._zt: dict[int, Tensor] = {}
+        # Buffers a strategy keeps across points and chunks (see Scratch).
+        self.bufs: dict[int, Tensor] = {}
+        self.scratch = Scratch()
         # The parameters each point needs (the affine strategies skip the first layer's).
         skip = self.plan.layer_keys if self.plan is not None else {}
         self.keys = [k for k in land.theta0 if k not in skip]
@@ -74,12 +75,12 @@ class Evaluator:
         computed from it may be kept for the next chunk."""
         return self._kernel(self, params, idx, batch, cache)
 
-    def _affine_parts(self, batch: Batch, cache: bool) -> tuple[Tensor, Tensor, Any]:
+    def affine_parts(self, batch: Batch, cache: bool) -> tuple[Tensor, Tensor, Any]:
         """Per batch, the first layer at the origin, along each direction, and the target."""
         key = id(batch)
         if cache and key in self._cache:
             return self._cache[key]
-        plan, points = self._span_plan()
+        plan, points = self.span_plan()
         if not isinstance(batch, tuple | list) or len(batch) != 2:
             raise TypeError("the affine strategy needs batches (X, y)")
         x = plan.prefix(batch[0])
@@ -97,19 +98,19 @@ class Evaluator:
             self._cache[key] = parts
         return parts
 
-    def _features_first(self, z0: Tensor, z: Tensor, cache: bool) -> Tensor:
+    def features_first(self, z0: Tensor, z: Tensor, cache: bool) -> Tensor:
         """``[K+1, F*N]``: the first layer's output ``[N, F]`` at the origin and along
         each direction, transposed to features first and flattened (cached with them)."""
         key = id(z0)
         zt = self._zt.get(key) if cache else None
         if zt is None:
-            k = len(self._span_plan()[1].directions)
+            k = len(self.span_plan()[1].directions)
             zt = torch.cat([z0.unsqueeze(0), z[:k]]).transpose(1, 2).reshape(k + 1, -1)
             if cache:
                 self._zt[key] = zt
         return zt
 
-    def _span_plan(self) -> tuple[AffinePlan, Span]:
+    def span_plan(self) -> tuple[AffinePlan, Span]:
         """The affine plan and the span (checked at construction for affine strategies)."""
         assert self.plan is not None and isinstance(self.points, Span)
         return self.plan, self.points
@@ -137,21 +138,21 @@ def _affine(
 ) -> Tensor:
     """One point at a time after the first layer: its output and every later layer's
     output live in buffers kept across points."""
-    plan, points = ev._span_plan()
-    z0, z, target = ev._affine_parts(batch, cache)
+    plan, points = ev.span_plan()
+    z0, z, target = ev.affine_parts(batch, cache)
     n = batch_size(batch)
     fixed = ev.land.fixed
     rows = []
-    h = ev._bufs.get(-1)
+    h = ev.bufs.get(-1)
     if h is None or h.shape != z0.shape:
-        h = ev._bufs[-1] = torch.empty_like(z0)
+        h = ev.bufs[-1] = torch.empty_like(z0)
     cs = points.coeffs[idx]
     for i in range(len(idx)):
         torch.add(z0, z[0], alpha=float(cs[i, 0]), out=h)
         for k in range(1, z.shape[0]):
             h.add_(z[k], alpha=float(cs[i, k]))
         tensors = {**fixed, **{k: v[i] for k, v in params.items()}}
-        out = run_chain(plan.chain, tensors, h, ev._bufs)
+        out = run_chain(plan.chain, tensors, h, ev.bufs)
         rows.append(ev.land.output_stats(out, target, n))
     return torch.stack(rows)
 
@@ -161,8 +162,8 @@ def _affine_vmap(
 ) -> Tensor:
     """The first layer's products, then the rest for the chunk at once: features first
     without vmap where the plan allows (an MLP), else the rest under vmap."""
-    plan, points = ev._span_plan()
-    z0, z, target = ev._affine_parts(batch, cache)
+    plan, points = ev.span_plan()
+    z0, z, target = ev.affine_parts(batch, cache)
     n = batch_size(batch)
     coeffs = points.coeff_tensor(idx, z0)
     if plan.batched and z0.ndim == FLAT_NDIM:
@@ -191,9 +192,9 @@ def _batched(
     layer's output for all points is one product ``[1, c] @ [z0; z]`` (a K+1 matrix
     product beats a broadcast add plus a K-term product), then ``[P, F, N]`` activations
     through batched products, and the loss reduced per point by a known formula."""
-    steps = ev._span_plan()[0].chain
+    steps = ev.span_plan()[0].chain
     land = ev.land
-    zt = ev._features_first(z0, z, cache)
+    zt = ev.features_first(z0, z, cache)
     p, (m, f) = coeffs.shape[0], z0.shape
     c1 = torch.cat([coeffs.new_ones(p, 1), coeffs], dim=1)
     tensors = {**land.fixed, **params}
@@ -201,10 +202,10 @@ def _batched(
     tile = p
     if z0.device.type == "cpu" and steps:  # (a lone layer: h is the output)
         tile = memory.cpu_tile(p, max(widths) * m * zt.element_size())
-    res = ev._scratch.get("out", (p, widths[-1], m), zt) if tile < p else None
+    res = ev.scratch.get("out", (p, widths[-1], m), zt) if tile < p else None
     for s0 in range(0, p, tile):
         s1 = min(p, s0 + tile)
-        hbuf = ev._scratch.get("h", (s1 - s0, zt.shape[1]), zt)
+        hbuf = ev.scratch.get("h", (s1 - s0, zt.shape[1]), zt)
         h = torch.mm(c1[s0:s1], zt, out=hbuf).view(s1 - s0, f, m)
         part = (
             tensors
@@ -212,7 +213,7 @@ def _batched(
             else {k: v[s0:s1] if k in params else v for k, v in tensors.items()}
         )
         dest = None if res is None else res[s0:s1]
-        r = run_chain_batched(steps, part, h, ev._scratch, dest)
+        r = run_chain_batched(steps, part, h, ev.scratch, dest)
         res = r if res is None else res
     assert res is not None
     cf = classes_first_ok(land)
