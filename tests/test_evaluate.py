@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,8 @@ from torch import nn
 
 import lossmap as lm
 from lossmap import evaluate
-from lossmap.evaluate import Explicit, Span, chunks, run
+from lossmap.evaluate import Explicit, Span, chunks, memory, run
+from lossmap.evaluate.losses import batched_output_stats
 
 
 class CountingLoader:
@@ -79,7 +82,7 @@ def test_batched_losses_match_the_loop(kind, tiles, monkeypatch) -> None:
     chain with an activation that has no in-place form, and with a frozen last layer
     (shared weights, not per point), and for a lone linear layer."""
     if tiles:
-        monkeypatch.setattr(evaluate, "_TILE_BYTES", 1)  # the smallest tile: 8 points
+        monkeypatch.setattr(memory, "TILE_BYTES", 1)  # the smallest tile: 8 points
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 4, generator=g)
     with torch.random.fork_rng(devices=[]):
@@ -220,7 +223,7 @@ def test_auto_is_a_fixed_rule_of_the_model_not_of_timing(kind, kw, expected, mon
     d1, d2 = lm.directions.random(land, 2, seed=0)
     picks = set()
     with monkeypatch.context() as m:
-        m.setattr(evaluate.time, "perf_counter", no_clock)
+        m.setattr(time, "perf_counter", no_clock)
         for _ in range(2):
             points = Span(land.point(), [d1, d2], np.array([[0.0, 0.0], [0.5, -0.5], [1, 0.25]]))
             strategy, reason = evaluate.choose(land, points)
@@ -295,7 +298,8 @@ def test_batched_accuracy_is_argmax_with_ties(classes_first: bool, case: str) ->
         logits[1, 1, 2:] = -1.0  # classes 0 and 1 tied: argmax is 0
         y = y.clone()
         y[1] = 1  # so the tied sample is wrong, and counted right only by mistake
-    stats = land.batched_output_stats(
+    stats = batched_output_stats(
+        land,
         logits.transpose(1, 2).contiguous() if classes_first else logits,
         y,
         n,
@@ -327,7 +331,8 @@ def test_batched_cross_entropy_has_no_cancellation(classes_first: bool) -> None:
     logits[torch.arange(p)[:, None], torch.arange(n), y] += 5.0  # confident: loss ≈ 0.01
     logits += 1000.0
     land = lm.Landscape(nn.Linear(3, c), nn.CrossEntropyLoss(), data=(torch.randn(n, 3), y))
-    stats = land.batched_output_stats(
+    stats = batched_output_stats(
+        land,
         logits.transpose(1, 2).contiguous() if classes_first else logits.clone(),
         y,
         n,

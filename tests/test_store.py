@@ -158,20 +158,20 @@ def test_spectral_density_resumes_probe_by_probe(tmp_path: Path, mlp_data) -> No
 
 
 def test_out_of_memory_halves_the_chunk_and_goes_on(monkeypatch, mlp_data, caplog) -> None:
-    from lossmap import evaluate
+    from lossmap.evaluate import runner
 
     model, x, y = mlp_data
     land = lm.Landscape(model, nn.CrossEntropyLoss(), data=(x, y))
     d1, d2 = lm.directions.random(land, 2, seed=1)
     ref = lm.plane(land, d1, d2, steps=7, strategy="vmap", chunk_size=7)
-    real = evaluate._passes
+    real = runner._passes
 
     def small_memory(ev, land_, points, idx, dsets, cache):  # type: ignore[no-untyped-def]
         if len(idx) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(ev, land_, points, idx, dsets, cache)
 
-    monkeypatch.setattr(evaluate, "_passes", small_memory)
+    monkeypatch.setattr(runner, "_passes", small_memory)
     with caplog.at_level("WARNING", logger="lossmap"):
         s = lm.plane(land, d1, d2, steps=7, strategy="vmap", chunk_size=7)
     assert s.meta["engine"]["oom_halvings"] > 0 and s.meta["engine"]["chunk_size"] <= 2

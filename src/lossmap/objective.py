@@ -292,6 +292,13 @@ class Objective:
         return {k: t.clone() for k, t in self._fixed0.items()}
 
     @property
+    def fused_cross_entropy(self) -> bool:
+        """Whether the loss is plain cross-entropy (no class weights, no label smoothing,
+        mean or sum) with at most the default accuracy, on held class-index targets none
+        of which is negative: the case :meth:`output_stats` reduces in one fused pass."""
+        return self._fast_ce
+
+    @property
     def theta0(self) -> Mapping[str, Tensor]:
         """θ0 itself, read-only (no copy: for shapes, dtypes, devices and reading);
         :meth:`point` gives a copy to change."""
@@ -431,99 +438,6 @@ class Objective:
         if metrics:
             vals += [m(out, target).reshape(()) * n for m in self.metrics.values()]
         return torch.stack(vals)
-
-    @property
-    def classes_first_ok(self) -> bool:
-        """Whether :meth:`batched_output_stats` takes logits laid out ``[P, C, N]``."""
-        return self._fast_ce
-
-    def batched_output_stats(
-        self,
-        out: Tensor,
-        target: Tensor,
-        n: int,
-        *,
-        classes_first: bool = False,
-        owned: bool = False,
-    ) -> Tensor | None:
-        """:meth:`output_stats` for ``out: [P, *output]`` (P points at once), ``[P, S]``.
-
-        Known criteria with their default metrics only (cross-entropy, BCE-with-logits,
-        MSE, with mean or sum reduction); ``None`` otherwise (the caller then vmaps
-        :meth:`output_stats`, which is much slower for these losses on CPU).
-        ``classes_first``: cross-entropy logits are ``[P, C, N]``; reducing over the
-        class dimension then runs along contiguous samples, several times faster on CPU
-        when there are few classes. ``owned``: ``out`` is a scratch tensor the caller
-        gives up, which cross-entropy then overwrites instead of allocating its like.
-        """
-        crit = self.criterion
-        reduction = getattr(crit, "reduction", None)
-        if reduction not in ("mean", "sum"):
-            return None
-        dims = tuple(range(1, out.ndim))
-        if self._fast_ce and target.dtype in _INT_TYPES and target.ndim == 1 and out.ndim == 3:
-            cdim = 1 if classes_first else 2
-            p, c = out.shape[0], out.shape[cdim]
-            top = out.amax(dim=cdim, keepdim=True)
-            onehot = torch.nn.functional.one_hot(target, c).to(out.dtype)  # [N, C]
-            if classes_first:
-                onehot = onehot.t()
-            onehot = onehot.reshape(-1)
-            index = target.view(1, 1, -1) if classes_first else target.view(1, -1, 1)
-            full = [-1 if d == cdim else s for d, s in enumerate(out.shape)]
-            if self.metrics:
-                # Correct iff the target is the arg-max, ties going to the first maximum
-                # as argmax does. Comparisons against the maximum already computed cost a
-                # fraction of an argmax over the (few) classes, slow on CPU.
-                ismax = out == top
-                if int(ismax.sum(dim=cdim).amax()) <= 1:
-                    # At most one maximum per sample (no ties): correct iff it is the
-                    # target's (a sample with NaN logits has none, and is not correct).
-                    correct = ismax.reshape(p, -1).to(out.dtype) @ onehot
-                else:
-                    # Ties: also no lower class index may reach the maximum.
-                    picked = out.gather(cdim, index.expand(*full))
-                    classes = torch.arange(c, device=out.device)
-                    lower = (
-                        classes.view(1, -1, 1) < target.view(1, 1, -1)
-                        if classes_first
-                        else classes.view(1, 1, -1) < target.view(1, -1, 1)
-                    )
-                    earlier = (ismax & lower).any(dim=cdim)
-                    hit = (picked.squeeze(cdim) == top.squeeze(cdim)) & ~earlier
-                    correct = hit.to(out.dtype).sum(dim=-1)
-            # With s = out − max (in place when the caller gave ``out`` up), the loss is
-            # Σ_n log Σ_c exp s[c, n] − Σ_n s[y_n, n]: two sums of small terms near a
-            # minimum (no cancellation), the second one matrix-vector product with the
-            # targets' one-hot mask, a fraction of a gather's cost on CPU.
-            shifted = out.sub_(top) if owned else out - top
-            picked_sum = shifted.reshape(p, -1) @ onehot
-            if bool(picked_sum.isnan().any()):
-                # 0 · −inf is NaN: a point with a −inf logit outside the targets (its loss
-                # may be finite) takes the gather.
-                picked_sum = shifted.gather(cdim, index.expand(*full)).sum(dim=(1, 2))
-            lse_sum = shifted.exp_().sum(dim=cdim).log_().sum(dim=-1)
-            cols = [lse_sum - picked_sum]
-            if self.metrics:
-                cols.append(correct)
-            return torch.stack(cols, dim=1)
-        if type(crit) is nn.BCEWithLogitsLoss and crit.weight is None and crit.pos_weight is None:
-            if not (self.metrics == {} or self.metrics == {"accuracy": binary_accuracy}):
-                return None
-            t = target.expand_as(out)
-            # BCE(x, t) = softplus(x) − t x: one elementwise pass and a mat-vec for the
-            # t x term (threshold 50: above it log(1 + eˣ) = x to double precision).
-            flat = out.reshape(out.shape[0], -1)
-            tvec = t[0].reshape(-1).to(out.dtype)
-            sums = torch.nn.functional.softplus(flat, threshold=50).sum(dim=1) - flat @ tvec
-            cols = [sums * (n / flat.shape[1]) if reduction == "mean" else sums]
-            if self.metrics:
-                cols.append(((out > 0) == (t > 0.5)).to(out.dtype).mean(dim=dims) * n)
-            return torch.stack(cols, dim=1)
-        if type(crit) is nn.MSELoss and not self.metrics:
-            sq = (out - target.expand_as(out)) ** 2
-            return (sq.mean(dim=dims) * n if reduction == "mean" else sq.sum(dim=dims)).unsqueeze(1)
-        return None
 
     def _fixed_for(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         fixed = self._fixed0

@@ -1,0 +1,224 @@
+"""The run: every point of a point set on the chosen data sets, chunk by chunk.
+
+A run settles its strategy (asked for, ``auto``'s pick, or a journal's) and its chunk
+size once, then streams the chunks: each chunk is one pass over every data set, each
+batch serving every point of the chunk. With a journal, finished chunks are recorded
+before the next starts, and a resumed run reuses the first attempt's strategy and
+chunk size, so its values equal an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossmap.data import batch_size
+from lossmap.evaluate.choice import choose_and_probe, eligible
+from lossmap.evaluate.memory import default_chunk_size, memory_budget, vmap_chunk
+from lossmap.evaluate.points import EvalResult, PointSet, Progress, chunks
+from lossmap.evaluate.strategies import STRATEGIES, Evaluator
+from lossmap.objective import Objective
+
+if TYPE_CHECKING:
+    from lossmap.store import Journal
+
+log = logging.getLogger("lossmap")
+
+__all__ = ["run"]
+
+
+def run(
+    land: Objective,
+    points: PointSet,
+    *,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    memory_fraction: float = 0.25,
+    journal: Journal | None = None,
+    view: str = "points",
+) -> EvalResult:
+    """Evaluate every point of ``points`` on the chosen data sets.
+
+    Args:
+        land: the landscape (any :class:`~lossmap.objective.Objective`).
+        points: a :class:`Span` or :class:`Explicit` set of points.
+        datasets: names of the data sets to evaluate (default: all).
+        strategy: one of :data:`STRATEGIES`; ``"auto"`` applies :func:`choose`.
+        chunk_size: points per chunk (default: from the model, the data and the
+            device's total memory).
+        progress: ``progress(done, total)`` called after each chunk.
+        memory_fraction: share of the device's total memory (at most 1 GiB) a chunk
+            may use.
+        journal: a :class:`~lossmap.store.Journal`: points it already holds (under
+            ``view``) are not recomputed, each finished chunk is recorded before the next
+            starts, and the strategy and chunk size of the first attempt are reused, so
+            a resumed run gives the same values, bit for bit, as an uninterrupted one.
+        view: the name of this grid in the journal.
+
+    Returns:
+        :class:`EvalResult` with non-finite values stored as NaN. Two calls with the
+        same arguments return the same values bit for bit: the strategy and the chunks
+        do not depend on timing or on free memory (an out-of-memory error, which
+        halves a chunk and is recorded as ``oom_halvings``, is the one exception).
+
+    Raises:
+        ValueError: an unknown strategy or data set (the message lists the valid ones),
+            no points, a strategy that cannot run here, or a journal that holds points
+            beyond this grid.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    dsets = list(datasets) if datasets is not None else list(land.datasets)
+    unknown = [d for d in dsets if d not in land.datasets]
+    if unknown:
+        raise ValueError(f"unknown data set(s) {unknown}; this landscape has {list(land.datasets)}")
+    n = len(points)
+    if n == 0:
+        raise ValueError("no points to evaluate")
+    t_start = time.perf_counter()
+    budget = memory_budget(land, memory_fraction)
+    can = eligible(land, points)
+    info: dict[str, Any] = {"n_points": n, "eligible": can}
+    streaming = any(not land.datasets[d].in_memory for d in dsets)
+    out = np.empty((n, len(dsets) * len(land.stat_names)))
+    done_mask = np.zeros(n, dtype=bool)
+    stored = _resume(journal, view, out, done_mask, info) if journal is not None else None
+
+    with land.mode(), torch.inference_mode():
+        probed: Evaluator | None = None
+        if stored is not None:
+            # Resuming: the first attempt's strategy and chunks, for identical values.
+            strategy, chunk_size = str(stored["strategy"]), int(stored["chunk_size"])
+            info["reason"] = f"resumed: {stored.get('reason', '')}"
+        elif strategy == "auto":
+            strategy, info["reason"], probed = choose_and_probe(land, points, dsets)
+        elif strategy not in can:
+            raise ValueError(
+                f"strategy {strategy!r} cannot run here (eligible: {', '.join(can)}); "
+                "use strategy='auto'"
+            )
+        else:
+            info["reason"] = "asked for"
+        if chunk_size is None:
+            vchunk = vmap_chunk(land, n, budget)
+            chunk_size = default_chunk_size(land, strategy, n, vchunk, budget, streaming)
+        # The probe's evaluator keeps the first layer's products it computed on the data.
+        ev = probed if probed is not None else Evaluator(land, points, strategy)
+        if journal is not None and stored is None:
+            journal.set_meta(
+                f"engine/{view}",
+                {"strategy": strategy, "chunk_size": chunk_size, "reason": info["reason"]},
+            )
+        info["strategy"] = strategy
+        info["chunk_size"] = chunk_size
+        _compute(ev, land, points, dsets, chunk_size, out, done_mask, info, progress, journal, view)
+    return _result(land, dsets, out, info, t_start)
+
+
+def _resume(
+    journal: Journal, view: str, out: np.ndarray, done_mask: np.ndarray, info: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Start ``view`` in the journal, fill in the rows it holds, and return the first
+    attempt's engine settings (``None`` on a first attempt)."""
+    n, width = out.shape
+    journal.start(view, n)
+    stored = journal.meta(f"engine/{view}")
+    idx_done, rows_done = journal.rows(view, width)
+    if len(idx_done) and idx_done.max() >= n:
+        raise ValueError(f"{journal.path}: holds points beyond this grid; pass --restart")
+    out[idx_done] = rows_done
+    done_mask[idx_done] = True
+    info["resumed_points"] = len(idx_done)
+    return stored
+
+
+def _compute(
+    ev: Evaluator,
+    land: Objective,
+    points: PointSet,
+    dsets: Sequence[str],
+    chunk_size: int,
+    out: np.ndarray,
+    done_mask: np.ndarray,
+    info: dict[str, Any],
+    progress: Progress | None,
+    journal: Journal | None,
+    view: str,
+) -> None:
+    """Fill the rows of ``out`` not yet done, chunk by chunk; an out-of-memory error
+    halves the chunk (recorded in ``info``) and goes on."""
+    n = len(out)
+    queue = [c for c in chunks(n, chunk_size) if not done_mask[c].all()]
+    queue = [c[~done_mask[c]] for c in queue]
+    done = int(done_mask.sum())
+    if progress is not None and done:
+        progress(done, n)
+    while queue:
+        idx = queue.pop(0)
+        try:
+            rows = _passes(ev, land, points, idx, dsets, cache=True).numpy()
+        except torch.OutOfMemoryError:
+            if len(idx) == 1:
+                raise
+            half = len(idx) // 2
+            queue[:0] = [idx[:half], idx[half:]]
+            info["chunk_size"] = half
+            info.setdefault("oom_halvings", 0)
+            info["oom_halvings"] += 1
+            log.warning("out of memory on %d points: halving the chunk to %d", len(idx), half)
+            continue
+        out[idx] = rows
+        if journal is not None:
+            journal.add_rows(view, idx, rows)
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
+
+
+def _passes(
+    ev: Evaluator,
+    land: Objective,
+    points: PointSet,
+    idx: np.ndarray,
+    dsets: Sequence[str],
+    cache: bool,
+) -> Tensor:
+    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``."""
+    params = points.stacked(idx, ev.keys)
+    cols = []
+    for name in dsets:
+        ds = land.datasets[name]
+        acc = None
+        count = 0
+        for b in ds:
+            part = ev(params, idx, b, cache and ds.in_memory).double()
+            acc = part if acc is None else acc + part
+            count += batch_size(b)
+        if ds.size is None:
+            ds.size = count
+        assert acc is not None
+        cols.append(acc / count)
+    return torch.cat(cols, dim=1).cpu()
+
+
+def _result(
+    land: Objective, dsets: Sequence[str], out: np.ndarray, info: dict[str, Any], t_start: float
+) -> EvalResult:
+    """The finished run: non-finite values as NaN, one array per statistic, timings."""
+    n = len(out)
+    out[~np.isfinite(out)] = np.nan
+    keys = [f"{d}/{s}" for d in dsets for s in land.stat_names]
+    values = {k: out[:, j].copy() for j, k in enumerate(keys)}
+    secs = time.perf_counter() - t_start
+    info["seconds"] = secs
+    info["ms_per_point"] = 1000 * secs / n
+    info["nonfinite"] = int(np.isnan(out[:, 0 :: len(land.stat_names)]).any(axis=1).sum())
+    return EvalResult(values, info, land.default_dataset)
