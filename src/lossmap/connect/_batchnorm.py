@@ -8,19 +8,21 @@ train mode on a deep copy of the model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lossmap import vectors as V
 from lossmap.connect._points import check_pair
-from lossmap.data import Batch, to_device
-from lossmap.data import batch_size as _batch_size
+from lossmap.data import Batch, batch_size, to_device
+from lossmap.evaluate import Progress
 from lossmap.landscape import Landscape
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics."""
     return [
         m
         for m in model.modules()
@@ -41,7 +43,7 @@ def _forward(land: Landscape, module: nn.Module, batch: Batch) -> None:
 
 def _bn_batches(land: Landscape, data: object) -> Iterable[Batch]:
     if data is None:
-        return land.datasets[land.default_dataset]
+        return land.dataset()
     if isinstance(data, tuple | list) and data and all(isinstance(x, Tensor) for x in data):
         return [to_device(tuple(data), land.device)]
     if not isinstance(data, Iterable) or isinstance(data, str | bytes | Mapping):
@@ -79,7 +81,7 @@ class BNWorkbench:
         self.model.train()
         seen = 0
         for batch in _bn_batches(self.land, self.data):
-            n = _batch_size(batch)
+            n = batch_size(batch)
             # Weight each batch by its size: the running mean is the exact data-set mean
             # of the batch means, also with an uneven last batch (Garipov et al.'s bn_update).
             for m in self.layers:
@@ -91,7 +93,7 @@ class BNWorkbench:
         self.model.eval()
         fixed = {n: p.detach().clone() for n, p in self.model.named_parameters() if n not in point}
         fixed.update({n: b.detach().clone() for n, b in self.model.named_buffers()})
-        return {k: fixed[k] for k in self.land._fixed0}
+        return {k: fixed[k] for k in self.land.fixed}
 
 
 def recompute_bn(
@@ -116,9 +118,40 @@ def recompute_bn(
     Raises:
         ValueError: the model has no BatchNorm layer with running statistics.
     """
-    p = land._params0 if point is None else check_pair(land, {"point": point})["point"]
+    p = land.theta0 if point is None else check_pair(land, {"point": point})["point"]
     return BNWorkbench(land, data).buffers_at(p)
 
 
-def values_only(vals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in vals.items() if "/" in k}
+def values_with_bn(
+    land: Landscape,
+    points: Iterable[V.Vector],
+    *,
+    data: object = None,
+    datasets: Sequence[str] | None = None,
+    strategy: str = "loop",
+    progress: Progress | None = None,
+    total: int = 0,
+) -> dict[str, np.ndarray]:
+    """Every point evaluated with its own BatchNorm statistics (see :func:`recompute_bn`).
+
+    One pass over ``data`` (default: the first data set) per point recomputes the
+    statistics on a deep copy of the model, as Garipov et al.'s ``bn_update`` before
+    each evaluation; then the point is evaluated alone (points are not batched). A
+    point whose statistics are not finite gets NaN values.
+
+    Returns:
+        ``{"<set>/<stat>": array [n_points]}``; ``progress(i, total)`` after point ``i``.
+    """
+    bench = BNWorkbench(land, data)
+    rows: list[dict[str, np.ndarray]] = []
+    for i, p in enumerate(points):
+        fixed = bench.buffers_at(p)
+        if all(torch.isfinite(x).all() for x in fixed.values() if x.is_floating_point()):
+            vals = land.at({**p, **fixed}).evaluate([p], datasets=datasets, strategy=strategy)
+            rows.append({k: np.asarray(v, dtype=np.float64) for k, v in vals.items() if "/" in k})
+        else:
+            rows.append({})
+        if progress is not None:
+            progress(i + 1, total)
+    keys = next((list(r) for r in rows if r), [])
+    return {k: np.array([r[k][0] if r else np.nan for r in rows]) for k in keys}

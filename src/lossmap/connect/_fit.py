@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lossmap import vectors as V
 from lossmap.connect._barrier import barrier, barriers
-from lossmap.connect._batchnorm import BNWorkbench, bn_layers, values_only
+from lossmap.connect._batchnorm import bn_layers, values_with_bn
 from lossmap.connect._curve import CurveFit, CurveKind, blend, coefficients, kind_of
 from lossmap.connect._points import check_endpoints, check_pair
 from lossmap.data import Batch
@@ -324,9 +324,16 @@ def curve(
     )
     t_eval = time.perf_counter()
     if has_bn:
-        all_values, info = _evaluate_with_bn(
-            land, a, [V.sub(theta, a), V.sub(b, a)], coeffs, datasets
+        dirs = [V.sub(theta, a), V.sub(b, a)]
+        all_values = values_with_bn(
+            land,
+            (
+                {k: a[k] + sum(float(ck) * d[k] for ck, d in zip(c, dirs, strict=True)) for k in a}
+                for c in coeffs
+            ),
+            datasets=datasets,
         )
+        info = {"strategy": "loop, BatchNorm statistics recomputed at every point"}
     else:
         res = run(
             land,
@@ -384,31 +391,3 @@ def curve(
         "line": barriers(fit.to_curve("line")),
     }
     return fit
-
-
-def _evaluate_with_bn(
-    land: Landscape,
-    origin: V.Vector,
-    dirs: list[V.Vector],
-    coeffs: np.ndarray,
-    datasets: Sequence[str] | None,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every point ``origin + Σ c_k d_k`` evaluated with its own BatchNorm statistics,
-    recomputed on the first data set (as Garipov et al.'s ``bn_update`` before each
-    evaluation)."""
-    bench = BNWorkbench(land, None)
-    rows: list[dict[str, np.ndarray]] = []
-    for c in coeffs:
-        p = {
-            k: origin[k] + sum(float(ck) * d[k] for ck, d in zip(c, dirs, strict=True))
-            for k in origin
-        }
-        fixed = bench.buffers_at(p)
-        if all(torch.isfinite(x).all() for x in fixed.values() if x.is_floating_point()):
-            vals = land.at({**p, **fixed}).evaluate([p], datasets=datasets, strategy="loop")
-            rows.append(values_only(vals))
-        else:
-            rows.append({})
-    keys = next((list(r) for r in rows if r), [])
-    values = {k: np.array([r[k][0] if r else np.nan for r in rows]) for k in keys}
-    return values, {"strategy": "loop, BatchNorm statistics recomputed at every point"}

@@ -6,17 +6,17 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from lossmap import vectors as V
 from lossmap.connect._barrier import T_TOL, barriers
-from lossmap.connect._batchnorm import BNWorkbench, bn_layers, values_only
+from lossmap.connect._batchnorm import bn_layers, values_with_bn
 from lossmap.connect._points import check_endpoints, check_pair
+from lossmap.directions import Direction
 from lossmap.evaluate import Progress
 from lossmap.landscape import Landscape
 from lossmap.results import Curve
-from lossmap.slices import grid, interpolate, parse_span, versions
+from lossmap.slices import grid, interpolate, parse_span, result_meta
 
 
 def default_span(steps: int) -> tuple[float, float]:
@@ -122,46 +122,57 @@ def linear(
         if n_bn:
             result.meta["bn_statistics"] = "the landscape's buffers at every t"
     else:
-        t0 = time.perf_counter()
-        bench = BNWorkbench(land, bn_data)
-        t = grid(lo, hi, steps)
-        t[np.abs(t - 1.0) <= T_TOL] = 1.0
-        d = V.sub(b, a)
-        rows: list[dict[str, np.ndarray]] = []
-        for i, ti in enumerate(t):
-            # Elementwise like the batched engine: origin + t * (b - a).
-            p = {k: a[k] + float(ti) * d[k] for k in a}
-            fixed = bench.buffers_at(p)
-            if all(torch.isfinite(x).all() for x in fixed.values() if x.is_floating_point()):
-                vals = land.at({**p, **fixed}).evaluate([p], datasets=datasets, strategy=strategy)
-                rows.append(values_only(vals))
-            else:
-                rows.append({})
-            if progress is not None:
-                progress(i + 1, steps)
-        keys = next((list(r) for r in rows if r), [])
-        values = {k: np.array([r[k][0] if r else np.nan for r in rows]) for k in keys}
-        result = Curve(
-            {"alpha": t},
-            values,
-            {
-                "view": "interpolate",
-                "default_dataset": land.default_dataset,
-                "datasets": {k: ds.size for k, ds in land.datasets.items()},
-                "model": type(land.model).__name__,
-                "n_parameters": land.num_parameters,
-                "span": [lo, hi],
-                "steps": steps,
-                "distance": float(V.norm(d)),
-                "reset_bn": True,
-                "batchnorm_layers": n_bn,
-                "bn_statistics": "recomputed at every t on "
-                + ("bn_data" if bn_data is not None else f"data set {land.default_dataset!r}")
-                + " (batch-size-weighted cumulative average)",
-                "device": str(land.device),
-                "versions": versions(),
-                "seconds": time.perf_counter() - t0,
-            },
+        result = _linear_with_bn(
+            land,
+            a,
+            b,
+            (lo, hi),
+            steps,
+            bn_data=bn_data,
+            datasets=datasets,
+            strategy=strategy,
+            progress=progress,
         )
+        result.meta["batchnorm_layers"] = n_bn
     result.meta["barrier"] = barriers(result)
     return result
+
+
+def _linear_with_bn(
+    land: Landscape,
+    a: V.Vector,
+    b: V.Vector,
+    span: tuple[float, float],
+    steps: int,
+    *,
+    bn_data: object,
+    datasets: Sequence[str] | None,
+    strategy: str,
+    progress: Progress | None,
+) -> Curve:
+    """The straight path with BatchNorm statistics recomputed at every ``t``."""
+    t0 = time.perf_counter()
+    t = grid(*span, steps)
+    t[np.abs(t - 1.0) <= T_TOL] = 1.0
+    d = Direction(V.sub(b, a), kind="between")
+    values = values_with_bn(
+        land,
+        # Elementwise like the batched engine: origin + t * (b - a).
+        ({k: a[k] + float(ti) * d[k] for k in a} for ti in t),
+        data=bn_data,
+        datasets=datasets,
+        strategy=strategy,
+        progress=progress,
+        total=steps,
+    )
+    info = {"strategy": strategy, "points": "one at a time, BatchNorm statistics recomputed"}
+    meta = result_meta(land, a, [d], info, view="interpolate", span=list(span), steps=steps)
+    meta["distance"] = float(V.norm(d))
+    meta["reset_bn"] = True
+    meta["bn_statistics"] = (
+        "recomputed at every t on "
+        + ("bn_data" if bn_data is not None else f"data set {land.default_dataset!r}")
+        + " (batch-size-weighted cumulative average)"
+    )
+    meta["seconds"] = time.perf_counter() - t0
+    return Curve({"alpha": t}, values, meta)

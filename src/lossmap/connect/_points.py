@@ -25,7 +25,7 @@ def check_pair(land: Landscape, pts: Mapping[str, object]) -> dict[str, V.Vector
                     + "; ".join(problems)
                     + ". Pass parameters of the same model (e.g. dict(model.named_parameters()))"
                 )
-        problems = V.mismatches(v, land._params0)
+        problems = V.mismatches(v, land.theta0)
         if problems:
             raise ValueError(
                 f"{name} does not fit the landscape's model: "
@@ -38,7 +38,7 @@ def check_pair(land: Landscape, pts: Mapping[str, object]) -> dict[str, V.Vector
                 f"{name} holds non-finite values (NaN/Inf) in {bad[:5]}; "
                 "use a checkpoint from before training diverged"
             )
-        like = land._params0
+        like = land.theta0
         v = {k: v[k].detach().to(like[k].device, like[k].dtype) for k in like}
         out[name] = v
         if first is None:
