@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,22 +18,18 @@ from lossmap.connect._barrier import barrier, barriers
 from lossmap.connect._batchnorm import bn_layers, values_with_bn
 from lossmap.connect._curve import CurveFit, CurveKind, blend, coefficients, kind_of
 from lossmap.connect._points import check_endpoints, check_pair
-from lossmap.data import Batch
-from lossmap.data import batch_size as _batch_size
+from lossmap.data import Batch, DataSet
+from lossmap.data import batch_size as size_of
+from lossmap.directions import Direction
 from lossmap.evaluate import Progress, Span, run
 from lossmap.landscape import Landscape
-from lossmap.slices import versions
+from lossmap.slices import result_meta
+from lossmap.store import Journal, fingerprint_diff, hash_tensors
 
-if TYPE_CHECKING:
-    from lossmap.store import Journal
-
-
-class _JournalLike(Protocol):
-    def get(self, key: str) -> np.ndarray | None: ...
-
-    def put(self, key: str, value: np.ndarray) -> None: ...
+Bend = dict[str, Tensor]  # the trainable control point θ: leaves that require grad
 
 
+# ------------------------------------------------------------------ data order
 def _seed_for(seed: int, epoch: int) -> int:
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)
     return int(state[0]) & ((1 << 63) - 1)
@@ -53,7 +48,7 @@ def _shufflable(ds_batches: list[Batch]) -> Batch | None:
         if not all(
             isinstance(b, tuple | list)
             and len(b) == len(first)
-            and all(ok(x, _batch_size(b)) for x in b)
+            and all(ok(x, size_of(b)) for x in b)
             for b in ds_batches
         ):
             return None
@@ -65,7 +60,7 @@ def _shufflable(ds_batches: list[Batch]) -> Batch | None:
         if not all(
             isinstance(b, Mapping)
             and b.keys() == first.keys()
-            and all(ok(x, _batch_size(b)) for x in b.values())
+            and all(ok(x, size_of(b)) for x in b.values())
             for b in ds_batches
         ):
             return None
@@ -87,6 +82,31 @@ def _minibatches(joined: Batch, perm: Tensor, size: int, device: torch.device) -
         yield _take(joined, perm[i : i + size].to(device))
 
 
+def _epoch_draws(
+    ds: DataSet,
+    joined: Batch | None,
+    gen: torch.Generator,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[float, Batch]]:
+    """One epoch's ``(t, minibatch)`` pairs, all drawn from ``gen``.
+
+    In-memory data (``joined``): a permutation into minibatches of ``batch_size``, then
+    one ``t`` per minibatch; streamed data: the loader's batches, a ``t`` drawn after
+    each is taken.
+    """
+    if joined is None:
+        for batch in ds:
+            yield float(torch.rand((), generator=gen, dtype=torch.float64)), batch
+        return
+    n = int(ds.size or 0)
+    perm = torch.randperm(n, generator=gen)
+    ts = torch.rand(math.ceil(n / batch_size), generator=gen, dtype=torch.float64)
+    for j, batch in enumerate(_minibatches(joined, perm, batch_size, device)):
+        yield float(ts[j]), batch
+
+
+# ------------------------------------------------------------------ journal
 def _flat(vec: Sequence[Tensor]) -> np.ndarray:
     """Concatenate tensors into one numpy array: float64 if any is, else float32 (so the
     parameters' own dtype for float32/float64 models; float16 and bfloat16 are widened,
@@ -111,12 +131,180 @@ def _unflat(arr: np.ndarray, like: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
-def _digest(vec: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for k, t in vec.items():
-        h.update(k.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def _check_config(journal: Journal, config: dict[str, Any]) -> None:
+    """Store the fit's settings under ``"curve/config"``, or refuse other stored ones."""
+    text = json.dumps(config, sort_keys=True)
+    stored = journal.get("curve/config")
+    if stored is None:
+        journal.put("curve/config", np.frombuffer(text.encode(), dtype=np.uint8).copy())
+        return
+    old = json.loads(bytes(np.asarray(stored, dtype=np.uint8)).decode())
+    diff = fingerprint_diff(old, json.loads(text))
+    if diff:
+        raise ValueError(
+            f"the journal holds a curve fit with other settings ({'; '.join(diff)}); "
+            "use a fresh journal or the same settings"
+        )
+
+
+def _restore(
+    journal: Journal, config: dict[str, Any], epochs: int, bend: Bend, opt: torch.optim.SGD
+) -> list[float]:
+    """The losses of the epochs the journal holds; the bend and momentum set to the last."""
+    _check_config(journal, config)
+    history: list[float] = []
+    while len(history) < epochs:
+        got = journal.get(f"curve/epoch/{len(history)}")
+        if got is None:
+            break
+        history.append(float(np.asarray(got).reshape(-1)[0]))
+    if not history:
+        return history
+    last = len(history) - 1
+    bend_arr = journal.get(f"curve/bend/{last}")
+    mom_arr = journal.get(f"curve/momentum/{last}")
+    if bend_arr is None or mom_arr is None:
+        raise ValueError(
+            f"the journal marks epoch {last} done but lacks its curve state; "
+            "it is damaged: use a fresh journal"
+        )
+    leaves = list(bend.values())
+    with torch.no_grad():
+        for leaf, saved in zip(leaves, _unflat(bend_arr, leaves), strict=True):
+            leaf.copy_(saved)
+    if np.asarray(mom_arr).size:
+        for leaf, buf in zip(leaves, _unflat(mom_arr, leaves), strict=True):
+            opt.state[leaf]["momentum_buffer"] = buf
+    return history
+
+
+def _record(
+    journal: Journal, epoch: int, bend: Bend, opt: torch.optim.SGD, epoch_loss: float
+) -> None:
+    """Store a finished epoch: bend, momentum buffers, then (last) its loss."""
+    leaves = list(bend.values())
+    journal.put(f"curve/bend/{epoch}", _flat(leaves))
+    bufs = [opt.state[leaf].get("momentum_buffer") for leaf in leaves]
+    journal.put(
+        f"curve/momentum/{epoch}",
+        _flat([x for x in bufs if x is not None])
+        if all(x is not None for x in bufs)
+        else np.zeros(0),
+    )
+    journal.put(f"curve/epoch/{epoch}", np.array([epoch_loss], dtype=np.float64))
+
+
+# ------------------------------------------------------------------ training
+def _step(
+    land: Landscape,
+    k: CurveKind,
+    t: float,
+    ends: tuple[V.Vector, V.Vector],
+    bend: Bend,
+    opt: torch.optim.SGD,
+    batch: Batch,
+) -> float:
+    """One SGD step on the bend at ``φ(t)``; returns the minibatch's mean loss."""
+    phi = blend(coefficients(k, t)[0], ends[0], bend, ends[1])
+    with land.mode():
+        loss = land.batch_stats(phi, batch, metrics=False)[0] / size_of(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _train(
+    land: Landscape,
+    k: CurveKind,
+    ends: tuple[V.Vector, V.Vector],
+    bend: Bend,
+    opt: torch.optim.SGD,
+    history: list[float],
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    lr: float,
+    journal: Journal | None,
+    progress: Progress | None,
+) -> None:
+    """The epochs after those in ``history`` (appended to it), each journaled."""
+    ds = land.dataset()
+    joined = _shufflable(ds.batches) if ds.batches is not None else None
+    with torch.random.fork_rng(devices=[]):
+        for epoch in range(len(history), epochs):
+            gen = torch.Generator().manual_seed(_seed_for(seed, epoch))
+            torch.manual_seed(_seed_for(seed, epoch))  # dropout, if any: same per epoch
+            total, count = 0.0, 0
+            for t, batch in _epoch_draws(ds, joined, gen, batch_size, land.device):
+                nb = size_of(batch)
+                total += _step(land, k, t, ends, bend, opt, batch) * nb
+                count += nb
+            epoch_loss = total / max(count, 1)
+            if not math.isfinite(epoch_loss):
+                raise ValueError(
+                    f"curve training diverged in epoch {epoch} (mean loss {epoch_loss}); "
+                    f"lower lr (now {lr})"
+                )
+            history.append(epoch_loss)
+            if journal is not None:
+                _record(journal, epoch, bend, opt, epoch_loss)
+            if progress is not None:
+                progress(epoch + 1, epochs)
+
+
+# ------------------------------------------------------------------ the fit
+def _check_settings(**knobs: Any) -> None:
+    for name, minimum in (("epochs", 0), ("batch_size", 1), ("steps", 2)):
+        val = knobs[name]
+        if not isinstance(val, int) or isinstance(val, bool) or val < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {val!r}")
+    for name in ("lr", "momentum", "weight_decay"):
+        x = knobs[name]
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+    if knobs["lr"] == 0:
+        raise ValueError("lr must be > 0, e.g. lr=0.05")
+
+
+def _evaluate(
+    land: Landscape,
+    k: CurveKind,
+    a: V.Vector,
+    dirs: list[V.Vector],
+    steps: int,
+    *,
+    has_bn: bool,
+    datasets: Sequence[str] | None,
+    strategy: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """``t``, the values along the curve and along the line, and the engine's report.
+
+    Both paths are affine in ``dirs = (θ - a, b - a)``: one batched evaluation, or one
+    point at a time with BatchNorm statistics recomputed at each.
+    """
+    t = np.linspace(0.0, 1.0, steps)
+    c = coefficients(k, t)
+    coeffs = np.concatenate(
+        [np.stack([c[:, 1], c[:, 2]], axis=1), np.stack([np.zeros_like(t), t], axis=1)]
+    )
+    if has_bn:
+        points: Iterable[V.Vector] = (
+            {n: a[n] + sum(float(cj) * d[n] for cj, d in zip(row, dirs, strict=True)) for n in a}
+            for row in coeffs
+        )
+        values = values_with_bn(land, points, datasets=datasets)
+        info: dict[str, Any] = {"strategy": "loop, BatchNorm statistics recomputed at every point"}
+    else:
+        res = run(land, Span(a, dirs, coeffs), datasets=datasets, strategy=strategy, view="connect")
+        values, info = res.values, res.info
+    return (
+        t,
+        {key: v[:steps] for key, v in values.items()},
+        {key: v[steps:] for key, v in values.items()},
+        info,
+    )
 
 
 def curve(
@@ -133,7 +321,7 @@ def curve(
     seed: int = 0,
     steps: int = 41,
     datasets: Sequence[str] | None = None,
-    journal: Journal | _JournalLike | None = None,
+    journal: Journal | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
 ) -> CurveFit:
@@ -176,7 +364,8 @@ def curve(
         seed: randomness of data order and ``t`` draws.
         steps: evaluation points along ``t ∈ [0, 1]``.
         datasets: data sets to evaluate (default all).
-        journal: a :class:`lossmap.store.Journal` (or anything with ``get``/``put``).
+        journal: a :class:`lossmap.store.Journal` (or anything with its ``get`` and
+            ``put``).
         strategy: evaluation strategy (see :mod:`lossmap.evaluate`).
         progress: ``progress(epochs_done, epochs)`` after each epoch.
 
@@ -185,41 +374,28 @@ def curve(
 
     Raises:
         ValueError: endpoints of another architecture or with a non-finite loss, an
-            unknown ``kind``, bad settings, a model with BatchNorm (statistics along a
-            curve are not recomputed yet), or a journal written with other settings.
+            unknown ``kind``, bad settings (``epochs``, ``batch_size``, ``steps`` not
+            integers in range; ``lr``, ``momentum``, ``weight_decay`` negative or not
+            finite; ``lr = 0``), training that diverges (a non-finite epoch loss), or a
+            journal written with other settings, for another model, or damaged.
     """
+
     k = kind_of(kind)
-    for name, val, minimum in (
-        ("epochs", epochs, 0),
-        ("batch_size", batch_size, 1),
-        ("steps", steps, 2),
-    ):
-        if not isinstance(val, int) or isinstance(val, bool) or val < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {val!r}")
-    for name, x in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not (math.isfinite(x) and x >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
-    if lr == 0:
-        raise ValueError("lr must be > 0, e.g. lr=0.05")
+    _check_settings(
+        epochs=epochs,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
     has_bn = bool(bn_layers(land.model))
-    # With BatchNorm the curve is trained in train mode (batch statistics, as Garipov et
-    # al. do), and every evaluated point gets its statistics recomputed afterwards.
-    fit_land = land
-    if has_bn:
-        fit_land = copy.copy(land)
-        fit_land.train_mode = True
     pts = check_pair(land, {"a": a, "b": b})
     a, b = pts["a"], pts["b"]
     ends = check_endpoints(land, a, b)
     t_start = time.perf_counter()
-
-    names = list(a)
-    bend = {n: ((a[n] + b[n]) / 2).detach().clone().requires_grad_(True) for n in names}
-    leaves = [bend[n] for n in names]
-    opt = torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    ds = land.datasets[land.default_dataset]
-    joined = _shufflable(ds.batches) if ds.batches is not None else None
+    bend = {n: ((a[n] + b[n]) / 2).detach().clone().requires_grad_(True) for n in a}
+    opt = torch.optim.SGD(list(bend.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     config = {
         "kind": k.value,
         "lr": lr,
@@ -229,146 +405,79 @@ def curve(
         "seed": seed,
         "dataset": land.default_dataset,
         "n_parameters": land.num_parameters,
-        "a": _digest(a),
-        "b": _digest(b),
+        "a": hash_tensors(a),
+        "b": hash_tensors(b),
     }
-    history: list[float] = []
-    start = 0
-    if journal is not None:
-        blob = np.frombuffer(json.dumps(config, sort_keys=True).encode(), dtype=np.uint8)
-        stored = journal.get("curve/config")
-        if stored is None:
-            journal.put("curve/config", blob.copy())
-        elif bytes(np.asarray(stored, dtype=np.uint8)) != blob.tobytes():
-            old = json.loads(bytes(np.asarray(stored, dtype=np.uint8)).decode())
-            diff = {key: (old.get(key), val) for key, val in config.items() if old.get(key) != val}
-            raise ValueError(
-                f"the journal holds a curve fit with other settings {diff} (stored, now); "
-                "use a fresh journal or the same settings"
-            )
-        while start < epochs:
-            got = journal.get(f"curve/epoch/{start}")
-            if got is None:
-                break
-            history.append(float(np.asarray(got).reshape(-1)[0]))
-            start += 1
-        if start:
-            last = start - 1
-            bend_arr = journal.get(f"curve/bend/{last}")
-            mom_arr = journal.get(f"curve/momentum/{last}")
-            if bend_arr is None or mom_arr is None:
-                raise ValueError(
-                    f"the journal marks epoch {last} done but lacks its curve state; "
-                    "it is damaged: use a fresh journal"
-                )
-            with torch.no_grad():
-                for leaf, saved in zip(leaves, _unflat(bend_arr, leaves), strict=True):
-                    leaf.copy_(saved)
-            if np.asarray(mom_arr).size:
-                for leaf, buf in zip(leaves, _unflat(mom_arr, leaves), strict=True):
-                    opt.state[leaf]["momentum_buffer"] = buf
-
-    with fit_land.mode(), torch.random.fork_rng(devices=[]):
-        for epoch in range(start, epochs):
-            gen = torch.Generator().manual_seed(_seed_for(seed, epoch))
-            torch.manual_seed(_seed_for(seed, epoch))  # dropout, if any: same per epoch
-            ts: Tensor | None = None
-            batches: Iterable[Batch] = ds
-            if joined is not None:
-                n = int(ds.size or 0)
-                perm = torch.randperm(n, generator=gen)
-                ts = torch.rand(math.ceil(n / batch_size), generator=gen, dtype=torch.float64)
-                batches = _minibatches(joined, perm, batch_size, land.device)
-            total, count = 0.0, 0
-            for j, batch in enumerate(batches):
-                tj = (
-                    float(ts[j])
-                    if ts is not None
-                    else float(torch.rand((), generator=gen, dtype=torch.float64))
-                )
-                phi = blend(coefficients(k, tj)[0], a, bend, b)
-                nb = _batch_size(batch)
-                loss = fit_land.batch_stats(phi, batch, metrics=False)[0] / nb
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * nb
-                count += nb
-            epoch_loss = total / max(count, 1)
-            if not math.isfinite(epoch_loss):
-                raise ValueError(
-                    f"curve training diverged in epoch {epoch} (mean loss {epoch_loss}); "
-                    f"lower lr (now {lr})"
-                )
-            history.append(epoch_loss)
-            if journal is not None:
-                journal.put(f"curve/bend/{epoch}", _flat(leaves))
-                bufs = [opt.state[leaf].get("momentum_buffer") for leaf in leaves]
-                journal.put(
-                    f"curve/momentum/{epoch}",
-                    _flat([x for x in bufs if x is not None])
-                    if all(x is not None for x in bufs)
-                    else np.zeros(0),
-                )
-                journal.put(f"curve/epoch/{epoch}", np.array([epoch_loss], dtype=np.float64))
-            if progress is not None:
-                progress(epoch + 1, epochs)
-    t_train = time.perf_counter() - t_start
-    theta = {n: bend[n].detach().clone() for n in names}
-
-    # Curve and line in one batched evaluation: both are affine in (θ - a, b - a).
-    t = np.linspace(0.0, 1.0, steps)
-    c = coefficients(k, t)
-    coeffs = np.concatenate(
-        [np.stack([c[:, 1], c[:, 2]], axis=1), np.stack([np.zeros_like(t), t], axis=1)]
+    history = _restore(journal, config, epochs, bend, opt) if journal is not None else []
+    start = len(history)
+    _train(
+        _fit_landscape(land, has_bn),
+        k,
+        (a, b),
+        bend,
+        opt,
+        history,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        lr=lr,
+        journal=journal,
+        progress=progress,
     )
+    t_train = time.perf_counter() - t_start
+    theta = {n: bend[n].detach().clone() for n in bend}
     t_eval = time.perf_counter()
-    if has_bn:
-        dirs = [V.sub(theta, a), V.sub(b, a)]
-        all_values = values_with_bn(
-            land,
-            (
-                {k: a[k] + sum(float(ck) * d[k] for ck, d in zip(c, dirs, strict=True)) for k in a}
-                for c in coeffs
-            ),
-            datasets=datasets,
-        )
-        info = {"strategy": "loop, BatchNorm statistics recomputed at every point"}
-    else:
-        res = run(
-            land,
-            Span(a, [V.sub(theta, a), V.sub(b, a)], coeffs),
-            datasets=datasets,
-            strategy=strategy,
-            view="connect",
-        )
-        all_values, info = res.values, res.info
-    values = {key: v[:steps] for key, v in all_values.items()}
-    line_values = {key: v[steps:] for key, v in all_values.items()}
-    t_eval = time.perf_counter() - t_eval
-    meta: dict[str, Any] = {
+    dirs = [V.sub(theta, a), V.sub(b, a)]
+    t, values, line_values, info = _evaluate(
+        land, k, a, dirs, steps, has_bn=has_bn, datasets=datasets, strategy=strategy
+    )
+    meta = result_meta(
+        land,
+        a,
+        [Direction(dirs[0], kind="bend"), Direction(dirs[1], kind="between")],
+        info,
         **config,
-        "epochs": epochs,
-        "resumed_from_epoch": start,
-        "steps": steps,
-        "default_dataset": land.default_dataset,
-        "datasets": {key: d.size for key, d in land.datasets.items()},
-        "model": type(land.model).__name__,
-        "endpoint_loss": ends,
-        "distance": float(V.norm(V.sub(b, a))),
-        "bend_offset": float(V.norm(V.sub(theta, V.scale(V.add(a, b), 0.5)))),
-        "seconds_train": t_train,
-        "seconds_eval": t_eval,
-        "engine": info,
-        "batchnorm": (
-            "trained in train mode (batch statistics); statistics recomputed at every "
-            "evaluated point"
-            if has_bn
-            else None
-        ),
-        "device": str(land.device),
-        "versions": versions(),
-    }
+        epochs=epochs,
+        resumed_from_epoch=start,
+        steps=steps,
+        endpoint_loss=ends,
+        distance=float(V.norm(dirs[1])),
+        bend_offset=float(V.norm(V.sub(theta, V.scale(V.add(a, b), 0.5)))),
+        seconds_train=t_train,
+        seconds_eval=time.perf_counter() - t_eval,
+        batchnorm=_BN_NOTE if has_bn else None,
+    )
+    return _finish(k, (a, theta, b), t, values, line_values, history, meta)
+
+
+_BN_NOTE = (
+    "trained in train mode (batch statistics); statistics recomputed at every evaluated point"
+)
+
+
+def _fit_landscape(land: Landscape, has_bn: bool) -> Landscape:
+    """The landscape the curve is trained on: with BatchNorm, a copy in train mode (batch
+    statistics, as Garipov et al. do; every evaluated point gets its statistics
+    recomputed afterwards)."""
+    if not has_bn:
+        return land
+    fit_land = copy.copy(land)
+    fit_land.train_mode = True
+    return fit_land
+
+
+def _finish(
+    k: CurveKind,
+    points: tuple[V.Vector, V.Vector, V.Vector],
+    t: np.ndarray,
+    values: dict[str, np.ndarray],
+    line_values: dict[str, np.ndarray],
+    history: list[float],
+    meta: dict[str, Any],
+) -> CurveFit:
+    """The :class:`CurveFit`, with the barriers of every statistic in ``meta``."""
+    a, theta, b = points
+    key = f"{meta['dataset']}/loss"  # the data set the curve was trained on
     fit = CurveFit(
         kind=k.value,
         a=a,
@@ -377,12 +486,8 @@ def curve(
         t=t,
         values=values,
         line_values=line_values,
-        barrier_curve=barrier(
-            values[f"{land.default_dataset}/loss"], t, key=f"{land.default_dataset}/loss"
-        ),
-        barrier_line=barrier(
-            line_values[f"{land.default_dataset}/loss"], t, key=f"{land.default_dataset}/loss"
-        ),
+        barrier_curve=barrier(values[key], t, key=key),
+        barrier_line=barrier(line_values[key], t, key=key),
         history=np.asarray(history, dtype=np.float64),
         meta=meta,
     )
