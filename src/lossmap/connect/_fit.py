@@ -1,4 +1,9 @@
-"""Fitting a low-loss curve between two minima by SGD on its bend (Garipov et al. 2018)."""
+"""Fitting a low-loss curve between two minima by SGD on its bend (Garipov et al. 2018).
+
+Each minibatch step takes ``∇L`` at ``φ(t)`` from the derivative core
+(:meth:`lossmap.objective.Objective.value_and_grad`) and applies the chain rule to the
+bend: ``φ(t) = c_a a + c_θ θ + c_b b`` is linear in ``θ``, so ``∂L/∂θ = c_θ ∇L(φ(t))``.
+"""
 
 from __future__ import annotations
 
@@ -204,14 +209,22 @@ def _step(
     opt: torch.optim.SGD,
     batch: Batch,
 ) -> float:
-    """One SGD step on the bend at ``φ(t)``; returns the minibatch's mean loss."""
-    phi = blend(coefficients(k, t)[0], ends[0], bend, ends[1])
-    with land.mode():
-        loss = land.batch_stats(phi, batch, metrics=False)[0] / size_of(batch)
+    """One SGD step on the bend at ``φ(t)``; returns the minibatch's mean loss.
+
+    ``∇L(φ(t))`` comes from the derivative core; ``φ`` is linear in the bend with
+    coefficient ``c_θ(t)``, so the bend's gradient is ``c_θ ∇L(φ(t))`` (what autograd
+    through the blend computes, in the same floating-point operations).
+    """
+    c = coefficients(k, t)[0]
+    ct = float(c[1])
+    with torch.no_grad():
+        phi = blend(c, ends[0], bend, ends[1])
+    value, grad = land.value_and_grad(phi, batches=[batch])
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    for name, leaf in bend.items():
+        leaf.grad = grad[name] * ct
     opt.step()
-    return float(loss.detach())
+    return value
 
 
 def _train(
