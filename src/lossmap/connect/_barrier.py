@@ -94,29 +94,7 @@ def barrier(
     >>> b.height, b.t_max
     (1.0, 0.5)
     """
-    if isinstance(curve_or_values, Result):
-        if t is not None:
-            raise ValueError("pass t only with raw values; a Curve carries its own t (alpha)")
-        coords = list(curve_or_values.coords.values())
-        if len(coords) != 1:
-            raise ValueError(
-                f"barrier needs a 1-D path (a Curve), got a result with axes {list(curve_or_values.coords)}"
-            )
-        full = curve_or_values.key(key)
-        values = np.asarray(curve_or_values.values[full], dtype=np.float64)
-        tt = np.asarray(coords[0], dtype=np.float64)
-    else:
-        if t is None:
-            raise ValueError(
-                "pass t, the path coordinates of the values (e.g. np.linspace(0, 1, 41))"
-            )
-        full = key if key != "loss" else "values"
-        values = np.asarray(curve_or_values, dtype=np.float64)
-        tt = np.asarray(t, dtype=np.float64)
-    if values.ndim != 1 or tt.shape != values.shape:
-        raise ValueError(
-            f"values and t must be 1-D of the same length, got shapes {values.shape} and {tt.shape}"
-        )
+    full, values, tt = _path_values(curve_or_values, t, key)
     hib = _is_higher_better(full) if higher_is_better is None else bool(higher_is_better)
     transform = "none"
     if hib:
@@ -161,6 +139,38 @@ def barrier(
         transform=transform,
         n_points=int(ts.size),
     )
+
+
+def _path_values(
+    curve_or_values: Result | Sequence[float] | np.ndarray,
+    t: Sequence[float] | np.ndarray | None,
+    key: str,
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """The statistic's full name, its values and the path coordinates ``t`` (1-D, float64)."""
+    if isinstance(curve_or_values, Result):
+        if t is not None:
+            raise ValueError("pass t only with raw values; a Curve carries its own t (alpha)")
+        coords = list(curve_or_values.coords.values())
+        if len(coords) != 1:
+            raise ValueError(
+                f"barrier needs a 1-D path (a Curve), got a result with axes {list(curve_or_values.coords)}"
+            )
+        full = curve_or_values.key(key)
+        values = np.asarray(curve_or_values.values[full], dtype=np.float64)
+        tt = np.asarray(coords[0], dtype=np.float64)
+    else:
+        if t is None:
+            raise ValueError(
+                "pass t, the path coordinates of the values (e.g. np.linspace(0, 1, 41))"
+            )
+        full = key if key != "loss" else "values"
+        values = np.asarray(curve_or_values, dtype=np.float64)
+        tt = np.asarray(t, dtype=np.float64)
+    if values.ndim != 1 or tt.shape != values.shape:
+        raise ValueError(
+            f"values and t must be 1-D of the same length, got shapes {values.shape} and {tt.shape}"
+        )
+    return full, values, tt
 
 
 def barriers(result: Result) -> dict[str, dict[str, Any]]:

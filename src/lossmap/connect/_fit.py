@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -229,16 +230,12 @@ def _step(
 
 def _train(
     land: Landscape,
-    k: CurveKind,
+    s: _Settings,
     ends: tuple[V.Vector, V.Vector],
     bend: Bend,
     opt: torch.optim.SGD,
     history: list[float],
     *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    lr: float,
     journal: Journal | None,
     progress: Progress | None,
 ) -> None:
@@ -246,78 +243,101 @@ def _train(
     ds = land.dataset()
     joined = _shufflable(ds.batches) if ds.batches is not None else None
     with torch.random.fork_rng(devices=[]):
-        for epoch in range(len(history), epochs):
-            gen = torch.Generator().manual_seed(_seed_for(seed, epoch))
-            torch.manual_seed(_seed_for(seed, epoch))  # dropout, if any: same per epoch
+        for epoch in range(len(history), s.epochs):
+            gen = torch.Generator().manual_seed(_seed_for(s.seed, epoch))
+            torch.manual_seed(_seed_for(s.seed, epoch))  # dropout, if any: same per epoch
             total, count = 0.0, 0
-            for t, batch in _epoch_draws(ds, joined, gen, batch_size, land.device):
+            for t, batch in _epoch_draws(ds, joined, gen, s.batch_size, land.device):
                 nb = size_of(batch)
-                total += _step(land, k, t, ends, bend, opt, batch) * nb
+                total += _step(land, s.kind, t, ends, bend, opt, batch) * nb
                 count += nb
             epoch_loss = total / max(count, 1)
             if not math.isfinite(epoch_loss):
                 raise ValueError(
                     f"curve training diverged in epoch {epoch} (mean loss {epoch_loss}); "
-                    f"lower lr (now {lr})"
+                    f"lower lr (now {s.lr})"
                 )
             history.append(epoch_loss)
             if journal is not None:
                 _record(journal, epoch, bend, opt, epoch_loss)
             if progress is not None:
-                progress(epoch + 1, epochs)
+                progress(epoch + 1, s.epochs)
+
+
+def _fit_landscape(land: Landscape) -> Landscape:
+    """The landscape the curve is trained on: with BatchNorm, a copy in train mode (batch
+    statistics, as Garipov et al. do; every evaluated point gets its statistics
+    recomputed afterwards)."""
+    if not bn_layers(land.model):
+        return land
+    fit_land = copy.copy(land)
+    fit_land.train_mode = True
+    return fit_land
+
+
+def _fit_bend(
+    land: Landscape,
+    s: _Settings,
+    a: V.Vector,
+    b: V.Vector,
+    *,
+    journal: Journal | None,
+    progress: Progress | None,
+) -> tuple[V.Vector, list[float], dict[str, Any]]:
+    """The trained bend (from the midpoint, or resumed from the journal), the epochs'
+    losses, and what the journal's settings check compares (plus the resumed epoch)."""
+    bend = {n: ((a[n] + b[n]) / 2).detach().clone().requires_grad_(True) for n in a}
+    opt = torch.optim.SGD(
+        list(bend.values()), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+    )
+    config = s.config(land, a, b)
+    history = _restore(journal, config, s.epochs, bend, opt) if journal is not None else []
+    start = len(history)
+    _train(_fit_landscape(land), s, (a, b), bend, opt, history, journal=journal, progress=progress)
+    theta = {n: bend[n].detach().clone() for n in bend}
+    return theta, history, {**config, "epochs": s.epochs, "resumed_from_epoch": start}
 
 
 # ------------------------------------------------------------------ the fit
-def _check_settings(**knobs: Any) -> None:
-    for name, minimum in (("epochs", 0), ("batch_size", 1), ("steps", 2)):
-        val = knobs[name]
-        if not isinstance(val, int) or isinstance(val, bool) or val < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {val!r}")
-    for name in ("lr", "momentum", "weight_decay"):
-        x = knobs[name]
-        if not (math.isfinite(x) and x >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
-    if knobs["lr"] == 0:
-        raise ValueError("lr must be > 0, e.g. lr=0.05")
+@dataclass(frozen=True)
+class _Settings:
+    """The fit's knobs, checked."""
 
+    kind: CurveKind
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    seed: int
+    steps: int
 
-def _evaluate(
-    land: Landscape,
-    k: CurveKind,
-    a: V.Vector,
-    dirs: list[V.Vector],
-    steps: int,
-    *,
-    has_bn: bool,
-    datasets: Sequence[str] | None,
-    strategy: str,
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    """``t``, the values along the curve and along the line, and the engine's report.
+    def __post_init__(self) -> None:
+        for name, minimum in (("epochs", 0), ("batch_size", 1), ("steps", 2)):
+            val = getattr(self, name)
+            if not isinstance(val, int) or isinstance(val, bool) or val < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {val!r}")
+        for name in ("lr", "momentum", "weight_decay"):
+            x = getattr(self, name)
+            if not (math.isfinite(x) and x >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0, e.g. lr=0.05")
 
-    Both paths are affine in ``dirs = (θ - a, b - a)``: one batched evaluation, or one
-    point at a time with BatchNorm statistics recomputed at each.
-    """
-    t = np.linspace(0.0, 1.0, steps)
-    c = coefficients(k, t)
-    coeffs = np.concatenate(
-        [np.stack([c[:, 1], c[:, 2]], axis=1), np.stack([np.zeros_like(t), t], axis=1)]
-    )
-    if has_bn:
-        points: Iterable[V.Vector] = (
-            {n: a[n] + sum(float(cj) * d[n] for cj, d in zip(row, dirs, strict=True)) for n in a}
-            for row in coeffs
-        )
-        values = values_with_bn(land, points, datasets=datasets)
-        info: dict[str, Any] = {"strategy": "loop, BatchNorm statistics recomputed at every point"}
-    else:
-        res = run(land, Span(a, dirs, coeffs), datasets=datasets, strategy=strategy, view="connect")
-        values, info = res.values, res.info
-    return (
-        t,
-        {key: v[:steps] for key, v in values.items()},
-        {key: v[steps:] for key, v in values.items()},
-        info,
-    )
+    def config(self, land: Landscape, a: V.Vector, b: V.Vector) -> dict[str, Any]:
+        """What a journal must hold to be resumed: these settings on these endpoints."""
+        return {
+            "kind": self.kind.value,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "dataset": land.default_dataset,
+            "n_parameters": land.num_parameters,
+            "a": hash_tensors(a),
+            "b": hash_tensors(b),
+        }
 
 
 def curve(
@@ -392,75 +412,52 @@ def curve(
             finite; ``lr = 0``), training that diverges (a non-finite epoch loss), or a
             journal written with other settings, for another model, or damaged.
     """
-
-    k = kind_of(kind)
-    _check_settings(
-        epochs=epochs,
-        batch_size=batch_size,
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
-    has_bn = bool(bn_layers(land.model))
+    s = _Settings(kind_of(kind), epochs, lr, batch_size, momentum, weight_decay, seed, steps)
     pts = check_pair(land, {"a": a, "b": b})
     a, b = pts["a"], pts["b"]
     ends = check_endpoints(land, a, b)
-    t_start = time.perf_counter()
-    bend = {n: ((a[n] + b[n]) / 2).detach().clone().requires_grad_(True) for n in a}
-    opt = torch.optim.SGD(list(bend.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    config = {
-        "kind": k.value,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "seed": seed,
-        "dataset": land.default_dataset,
-        "n_parameters": land.num_parameters,
-        "a": hash_tensors(a),
-        "b": hash_tensors(b),
-    }
-    history = _restore(journal, config, epochs, bend, opt) if journal is not None else []
-    start = len(history)
-    _train(
-        _fit_landscape(land, has_bn),
-        k,
-        (a, b),
-        bend,
-        opt,
-        history,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        lr=lr,
-        journal=journal,
-        progress=progress,
+    t0 = time.perf_counter()
+    theta, history, settings = _fit_bend(land, s, a, b, journal=journal, progress=progress)
+    meta = {**settings, "endpoint_loss": ends, "seconds_train": time.perf_counter() - t0}
+    return _result(land, s, (a, theta, b), history, meta, datasets=datasets, strategy=strategy)
+
+
+def _evaluate(
+    land: Landscape,
+    k: CurveKind,
+    a: V.Vector,
+    dirs: list[V.Vector],
+    steps: int,
+    *,
+    datasets: Sequence[str] | None,
+    strategy: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """``t``, the values along the curve and along the line, and the engine's report.
+
+    Both paths are affine in ``dirs = (θ - a, b - a)``: one batched evaluation, or, with
+    BatchNorm, one point at a time with statistics recomputed at each.
+    """
+    t = np.linspace(0.0, 1.0, steps)
+    c = coefficients(k, t)
+    coeffs = np.concatenate(
+        [np.stack([c[:, 1], c[:, 2]], axis=1), np.stack([np.zeros_like(t), t], axis=1)]
     )
-    t_train = time.perf_counter() - t_start
-    theta = {n: bend[n].detach().clone() for n in bend}
-    t_eval = time.perf_counter()
-    dirs = [V.sub(theta, a), V.sub(b, a)]
-    t, values, line_values, info = _evaluate(
-        land, k, a, dirs, steps, has_bn=has_bn, datasets=datasets, strategy=strategy
-    )
-    meta = result_meta(
-        land,
-        a,
-        [Direction(dirs[0], kind="bend"), Direction(dirs[1], kind="between")],
+    if bn_layers(land.model):
+        points: Iterable[V.Vector] = (
+            {n: a[n] + sum(float(cj) * d[n] for cj, d in zip(row, dirs, strict=True)) for n in a}
+            for row in coeffs
+        )
+        values = values_with_bn(land, points, datasets=datasets)
+        info: dict[str, Any] = {"strategy": "loop, BatchNorm statistics recomputed at every point"}
+    else:
+        res = run(land, Span(a, dirs, coeffs), datasets=datasets, strategy=strategy, view="connect")
+        values, info = res.values, res.info
+    return (
+        t,
+        {key: v[:steps] for key, v in values.items()},
+        {key: v[steps:] for key, v in values.items()},
         info,
-        **config,
-        epochs=epochs,
-        resumed_from_epoch=start,
-        steps=steps,
-        endpoint_loss=ends,
-        distance=float(V.norm(dirs[1])),
-        bend_offset=float(V.norm(V.sub(theta, V.scale(V.add(a, b), 0.5)))),
-        seconds_train=t_train,
-        seconds_eval=time.perf_counter() - t_eval,
-        batchnorm=_BN_NOTE if has_bn else None,
     )
-    return _finish(k, (a, theta, b), t, values, line_values, history, meta)
 
 
 _BN_NOTE = (
@@ -468,31 +465,38 @@ _BN_NOTE = (
 )
 
 
-def _fit_landscape(land: Landscape, has_bn: bool) -> Landscape:
-    """The landscape the curve is trained on: with BatchNorm, a copy in train mode (batch
-    statistics, as Garipov et al. do; every evaluated point gets its statistics
-    recomputed afterwards)."""
-    if not has_bn:
-        return land
-    fit_land = copy.copy(land)
-    fit_land.train_mode = True
-    return fit_land
-
-
-def _finish(
-    k: CurveKind,
+def _result(
+    land: Landscape,
+    s: _Settings,
     points: tuple[V.Vector, V.Vector, V.Vector],
-    t: np.ndarray,
-    values: dict[str, np.ndarray],
-    line_values: dict[str, np.ndarray],
     history: list[float],
-    meta: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    datasets: Sequence[str] | None,
+    strategy: str,
 ) -> CurveFit:
-    """The :class:`CurveFit`, with the barriers of every statistic in ``meta``."""
+    """The fitted curve and the line evaluated, with their metadata and every barrier."""
     a, theta, b = points
-    key = f"{meta['dataset']}/loss"  # the data set the curve was trained on
+    t_eval = time.perf_counter()
+    dirs = [V.sub(theta, a), V.sub(b, a)]
+    t, values, line_values, info = _evaluate(
+        land, s.kind, a, dirs, s.steps, datasets=datasets, strategy=strategy
+    )
+    meta = result_meta(
+        land,
+        a,
+        [Direction(dirs[0], kind="bend"), Direction(dirs[1], kind="between")],
+        info,
+        **extra,
+        steps=s.steps,
+        distance=float(V.norm(dirs[1])),
+        bend_offset=float(V.norm(V.sub(theta, V.scale(V.add(a, b), 0.5)))),
+        seconds_eval=time.perf_counter() - t_eval,
+        batchnorm=_BN_NOTE if bn_layers(land.model) else None,
+    )
+    key = f"{land.default_dataset}/loss"
     fit = CurveFit(
-        kind=k.value,
+        kind=s.kind.value,
         a=a,
         b=b,
         bend=theta,
