@@ -30,7 +30,7 @@ from lossmap.directions import Direction
 from lossmap.evaluate import Progress, Span, run
 from lossmap.landscape import Landscape
 from lossmap.slices import result_meta
-from lossmap.store import Journal, fingerprint_diff, hash_tensors
+from lossmap.store import Blobs, fingerprint_diff, hash_tensors
 
 Bend = dict[str, Tensor]  # the trainable control point θ: leaves that require grad
 
@@ -137,7 +137,7 @@ def _unflat(arr: np.ndarray, like: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
-def _check_config(journal: Journal, config: dict[str, Any]) -> None:
+def _check_config(journal: Blobs, config: dict[str, Any]) -> None:
     """Store the fit's settings under ``"curve/config"``, or refuse other stored ones."""
     text = json.dumps(config, sort_keys=True)
     stored = journal.get("curve/config")
@@ -154,7 +154,7 @@ def _check_config(journal: Journal, config: dict[str, Any]) -> None:
 
 
 def _restore(
-    journal: Journal, config: dict[str, Any], epochs: int, bend: Bend, opt: torch.optim.SGD
+    journal: Blobs, config: dict[str, Any], epochs: int, bend: Bend, opt: torch.optim.SGD
 ) -> list[float]:
     """The losses of the epochs the journal holds; the bend and momentum set to the last."""
     _check_config(journal, config)
@@ -185,7 +185,7 @@ def _restore(
 
 
 def _record(
-    journal: Journal, epoch: int, bend: Bend, opt: torch.optim.SGD, epoch_loss: float
+    journal: Blobs, epoch: int, bend: Bend, opt: torch.optim.SGD, epoch_loss: float
 ) -> None:
     """Store a finished epoch: bend, momentum buffers, then (last) its loss."""
     leaves = list(bend.values())
@@ -236,7 +236,7 @@ def _train(
     opt: torch.optim.SGD,
     history: list[float],
     *,
-    journal: Journal | None,
+    journal: Blobs | None,
     progress: Progress | None,
 ) -> None:
     """The epochs after those in ``history`` (appended to it), each journaled."""
@@ -281,7 +281,7 @@ def _fit_bend(
     a: V.Vector,
     b: V.Vector,
     *,
-    journal: Journal | None,
+    journal: Blobs | None,
     progress: Progress | None,
 ) -> tuple[V.Vector, list[float], dict[str, Any]]:
     """The trained bend (from the midpoint, or resumed from the journal), the epochs'
@@ -354,7 +354,7 @@ def curve(
     seed: int = 0,
     steps: int = 41,
     datasets: Sequence[str] | None = None,
-    journal: Journal | None = None,
+    journal: Blobs | None = None,
     strategy: str = "auto",
     progress: Progress | None = None,
 ) -> CurveFit:
