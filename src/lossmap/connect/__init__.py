@@ -16,6 +16,11 @@
 The caller's model is never written to: paths are evaluated with
 :func:`torch.func.functional_call` through the :class:`~lossmap.landscape.Landscape`,
 and BatchNorm statistics are recomputed on a deep copy.
+
+Implementation, one concept per private module: ``_barrier`` (pure numpy), ``_points``
+(endpoint checks), ``_batchnorm`` (recomputed statistics and the one per-point
+evaluator), ``_linear``, ``_curve`` (the curve families), ``_fit`` (SGD on the bend
+through the derivative core, journaled) and ``_plane``.
 """
 
 from lossmap.connect._barrier import Barrier, barrier

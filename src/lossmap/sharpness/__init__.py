@@ -24,6 +24,10 @@ gradient is computed with :func:`torch.func.functional_call` through the landsca
 
 The worst-case maximisations are non-convex: the values returned are the best loss
 *found* (a lower bound on the true maximum), after ``restarts`` extra random starts.
+
+Implementation: ``_worst`` (epsilon, adaptive) over ``_ascent`` (projected ascent and
+L-BFGS-B on the loss and gradient from the derivative core), ``_average``,
+``_quadratic``, and ``_common`` (checks, θ and its mask, seeded streams).
 """
 
 from lossmap.sharpness._average import Average, average
