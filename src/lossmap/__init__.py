@@ -7,8 +7,6 @@
 (5,)
 """
 
-__version__ = "0.1.0"
-
 from lossmap import (
     connect,
     directions,
@@ -19,6 +17,7 @@ from lossmap import (
     trajectory,
     vectors,
 )
+from lossmap._version import __version__
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface, load
 from lossmap.slices import interpolate, line, plane

@@ -8,6 +8,7 @@ evaluated at every point; θ0 (coordinate 0) is always on a grid whose span cont
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import platform
 import time
@@ -27,17 +28,33 @@ from lossmap.results import Curve, Surface
 if TYPE_CHECKING:
     from lossmap.store import Journal
 
-__all__ = ["MAX_POINTS", "grid", "interpolate", "line", "parse_span", "plane"]
+__all__ = [
+    "MAX_POINTS",
+    "grid",
+    "interpolate",
+    "line",
+    "parse_span",
+    "plane",
+    "result_meta",
+    "versions",
+]
 
 MAX_POINTS = 10_000_000
 DirectionLike = Mapping[str, Tensor] | str
 
 
 def versions() -> dict[str, str]:
-    from lossmap import __version__
+    """The versions of lossmap, torch, numpy and Python, as every result records them.
 
+    lossmap's own comes from the installed package's metadata, or from
+    :mod:`lossmap._version` when it runs from a source tree that is not installed.
+    """
+    try:
+        own = importlib.metadata.version("lossmap")
+    except importlib.metadata.PackageNotFoundError:
+        from lossmap._version import __version__ as own
     return {
-        "lossmap": __version__,
+        "lossmap": own,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -130,31 +147,39 @@ def _theta0_coords(land: Landscape, dirs: Sequence[Direction]) -> list[float]:
     for d in dirs:
         if d.meta.get("kind") == "axis":
             index = tuple(int(i) for i in d.meta["index"])  # type: ignore[attr-defined]
-            out.append(float(land._params0[str(d.meta["parameter"])][index]))
+            out.append(float(land.theta0[str(d.meta["parameter"])][index]))
         else:
             out.append(0.0)
     return out
 
 
-def _meta(
+def result_meta(
     land: Landscape,
     origin: Mapping[str, Tensor],
     dirs: Sequence[Direction],
-    info: dict[str, Any],
+    info: Mapping[str, Any],
     **extra: Any,
 ) -> dict[str, Any]:
+    """The metadata of a result evaluated on ``origin + Σ_k c_k dirs[k]``.
+
+    What every view records, so that results read alike: the landscape (data sets,
+    model, size, dtype, device, train mode), the origin and the directions (their
+    metadata and norms, where θ0 sits on them), the engine's report ``info`` and the
+    versions; then ``extra`` (the view's own settings: ``view``, ``span``, ``steps``...).
+    """
+    theta0 = land.theta0
     meta: dict[str, Any] = {
         "default_dataset": land.default_dataset,
         "datasets": {k: ds.size for k, ds in land.datasets.items()},
         "model": type(land.model).__name__,
         "n_parameters": land.num_parameters,
-        "theta0_norm": float(V.norm(land._params0)),
+        "theta0_norm": float(V.norm(theta0)),
         "origin_norm": float(V.norm(origin)),
         "directions": [dict(d.meta) for d in dirs],
         "theta0_coords": _theta0_coords(land, dirs),
         "direction_norms": [float(V.norm(d)) for d in dirs],
         "device": str(land.device),
-        "dtype": str(next(iter(land._params0.values())).dtype),
+        "dtype": str(next(iter(theta0.values())).dtype),
         "train_mode": land.train_mode,
         "engine": info,
         "versions": versions(),
@@ -245,7 +270,7 @@ def line(
         view="line",
         chunk_size=chunk_size,
     )
-    meta = _meta(land, base, [d], info, view="line", span=[lo, hi], steps=n)
+    meta = result_meta(land, base, [d], info, view="line", span=[lo, hi], steps=n)
     meta["seconds"] = time.perf_counter() - t0
     return Curve({"alpha": alpha}, values, meta)
 
@@ -296,7 +321,7 @@ def plane(
         view="plane",
         chunk_size=chunk_size,
     )
-    meta = _meta(
+    meta = result_meta(
         land,
         base,
         [a, b],
@@ -346,7 +371,7 @@ def interpolate(
         view="interpolate",
         chunk_size=chunk_size,
     )
-    meta = _meta(land, base, [d], info, view="interpolate", span=[lo, hi], steps=n)
+    meta = result_meta(land, base, [d], info, view="interpolate", span=[lo, hi], steps=n)
     meta["distance"] = float(V.norm(d))
     meta["seconds"] = time.perf_counter() - t0
     return Curve({"alpha": t}, values, meta)

@@ -52,11 +52,11 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Journal", "JournalMismatch", "fingerprint_diff", "hash_tensors"]
+__all__ = ["Blobs", "Journal", "JournalMismatch", "fingerprint_diff", "hash_tensors"]
 
 log = logging.getLogger("lossmap")
 
@@ -99,6 +99,16 @@ def _check_files(path: Path) -> None:
 
 class JournalMismatch(ValueError):
     """The run folder's journal was started with other arguments."""
+
+
+class Blobs(Protocol):
+    """What a resumable loop (a curve fit, average sharpness) needs of a journal: numpy
+    arrays stored and read back by key. A :class:`Journal` is one; so is a view of one
+    under a key prefix, or a dict-backed stand-in in a test."""
+
+    def get(self, key: str) -> np.ndarray | None: ...
+
+    def put(self, key: str, value: np.ndarray) -> None: ...
 
 
 def hash_tensors(tensors: Mapping[str, Any] | Iterable[Any]) -> str:
