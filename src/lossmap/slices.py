@@ -135,7 +135,7 @@ def grid(lo: float, hi: float, steps: int) -> np.ndarray:
 def _resolve(land: Landscape, d: DirectionLike, name: str) -> Direction:
     if isinstance(d, str):
         return coordinate(land, d)
-    v = V.check_vector(d, land._params0, name=name)
+    v = V.check_vector(d, land.theta0, name=name)
     if isinstance(d, Direction):
         return d
     return Direction(v, kind="custom")
@@ -354,8 +354,8 @@ def interpolate(
     """
     ((lo, hi),) = parse_span(span, 1)
     (n,) = _parse_steps(steps, 1)
-    a = V.check_vector(a, land._params0, name="a")
-    b = V.check_vector(b, land._params0, name="b")
+    a = V.check_vector(a, land.theta0, name="a")
+    b = V.check_vector(b, land.theta0, name="b")
     d = Direction(V.sub(b, a), kind="between")
     t = grid(lo, hi, n)
     t0 = time.perf_counter()
