@@ -7,6 +7,7 @@ device or streamed, so every batch weighting and every summation over batches is
 checked.
 """
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -182,3 +183,49 @@ def test_epsilon_sharpness_ascent_against_float64_reference() -> None:
     assert bool((delta.abs() <= bound * (1 + 1e-9)).all())
     assert res.max_loss > res.loss
     assert float(grad(f)(flat) @ delta) > 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_dense_batches_its_columns_and_equals_one_product_per_column(
+    streamed: bool, monkeypatch
+) -> None:
+    """Issue #17, item 7: dense() takes its columns in blocks (one batched backward per
+    block), equal to one product per column; progress is reported per block; where
+    the batched backward cannot run, the products are taken one by one."""
+    land, *_ = _landscape("mlp", streamed)
+    op = lm.hessian.HessianOperator(land)
+    n = land.num_parameters
+    eye = torch.eye(n, dtype=torch.float64)
+    one_by_one = torch.stack([op.hvp(eye[i]) for i in range(n)], dim=1)
+    seen = []
+    H = lm.hessian.dense(land, columns=16, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(min(n, s), n) for s in range(16, n + 16, 16)]
+    assert float((H - 0.5 * (one_by_one + one_by_one.T)).abs().max()) <= 1e-14 * float(
+        H.abs().max()
+    )
+    X = np.random.default_rng(0).standard_normal((n, 3))
+    assert np.allclose(op @ X, one_by_one.numpy() @ X, rtol=1e-12, atol=1e-14)
+
+    from lossmap import hvp
+
+    real = hvp._second_backward
+
+    refused = []
+
+    def no_batching(*args, batched=False, **kw):
+        if batched:
+            refused.append(1)
+            raise hvp._BatchedBackwardError("vmap cannot run this backward")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hvp, "_second_backward", no_batching)
+    fallback = lm.hessian.dense(land, columns=16)
+    assert refused and float((fallback - H).abs().max()) <= 1e-14 * float(H.abs().max())
+
+
+def test_dense_refuses_a_large_model_with_its_memory_and_time() -> None:
+    land, *_ = _landscape("mlp", False)
+    with pytest.raises(
+        ValueError, match=r"GiB in float64\) and about .* h of Hessian-vector products.*limit="
+    ):
+        lm.hessian.dense(land, limit=10)

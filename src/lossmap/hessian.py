@@ -30,6 +30,7 @@ Data sets that are streamed rather than held rebuild the graph batch by batch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,20 @@ class HessianOperator(LinearOperator):
         self.seconds += time.perf_counter() - t0
         return torch.cat([h.reshape(-1) for h in hv]).to(v.dtype)
 
+    def hvp_columns(self, X: Tensor) -> Tensor:
+        """``H X`` for ``X: [n, k]`` (k products in one batched backward pass per batch
+        of data; returned in ``X``'s dtype)."""
+        t0 = time.perf_counter()
+        rows = X.to(self.dtype_torch).T  # [k, n]
+        parts, offset = [], 0
+        for t in self.point.values():
+            parts.append(rows[:, offset : offset + t.numel()].reshape(-1, *t.shape).to(t.device))
+            offset += t.numel()
+        hv = self._product.many(parts)
+        self.matvecs += X.shape[1]
+        self.seconds += time.perf_counter() - t0
+        return torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T.to(X.dtype)
+
     def hvp_dict(self, v: Mapping[str, Tensor]) -> V.Vector:
         """``H v`` for a direction dict."""
         flat = V.flatten(V.check_vector(v, self.point, name="v"))
@@ -130,6 +145,11 @@ class HessianOperator(LinearOperator):
         v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
         dev = next(iter(self.point.values())).device
         return self.hvp(v.to(dev)).cpu().double().numpy()
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
+        dev = next(iter(self.point.values())).device
+        return self.hvp_columns(x.to(dev)).cpu().double().numpy()
 
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:
         return self._matvec(x)  # symmetric
@@ -153,23 +173,46 @@ def _operator(
 
 # ------------------------------------------------------------------------ dense
 def dense(
-    land: Landscape, point: Mapping[str, Tensor] | None = None, *, limit: int = DENSE_LIMIT
+    land: Landscape,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    limit: int = DENSE_LIMIT,
+    columns: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """The explicit Hessian ``[n, n]`` (float64) of the data-set mean loss.
 
-    Built column by column from HVPs (vectorised with ``torch.vmap`` over the unit
-    vectors where possible). Refuses models with more than ``limit`` parameters.
+    Built from HVPs with the unit vectors, ``columns`` at a time in one batched
+    backward pass (:meth:`HessianOperator.hvp_columns`; ``benchmarks/dense.py`` times
+    block sizes against one product per column). ``progress(done, n)`` is called after
+    each block of columns.
+
+    Raises:
+        ValueError: more than ``limit`` parameters (the message gives the memory and
+            the time it would take, from one timed block of products).
     """
     n = land.num_parameters
-    if n > limit:
-        raise ValueError(
-            f"dense() needs an {n:,} x {n:,} matrix ({n * n * 8 / 2**30:.1f} GiB in float64); "
-            f"it is limited to {limit:,} parameters. Use eigenvalues(), trace() or spectral_density()"
-        )
+    if not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive integer, got {columns!r}")
     op = HessianOperator(land, point)
-    eye = torch.eye(n, dtype=op.dtype_torch, device=next(iter(op.point.values())).device)
-    cols = [op.hvp(eye[i]) for i in range(n)]
-    H = torch.stack(cols, dim=1).double().cpu()
+    device = next(iter(op.point.values())).device
+    if n > limit:
+        t0 = time.perf_counter()
+        op.hvp_columns(torch.eye(n, min(columns, n), dtype=op.dtype_torch, device=device))
+        hours = (time.perf_counter() - t0) * math.ceil(n / columns) / 3600
+        raise ValueError(
+            f"dense() needs an {n:,} x {n:,} matrix ({n * n * 8 / 2**30:.1f} GiB in float64) "
+            f"and about {hours:.1f} h of Hessian-vector products here; it is limited to "
+            f"{limit:,} parameters (limit=). Use eigenvalues(), trace() or spectral_density()"
+        )
+    H = torch.empty(n, n, dtype=torch.float64)
+    for start in range(0, n, columns):
+        stop = min(n, start + columns)
+        block = torch.zeros(n, stop - start, dtype=op.dtype_torch, device=device)
+        block[start:stop] = torch.eye(stop - start, dtype=op.dtype_torch, device=device)
+        H[:, start:stop] = op.hvp_columns(block).double().cpu()
+        if progress is not None:
+            progress(stop, n)
     return 0.5 * (H + H.T)
 
 

@@ -93,7 +93,7 @@ class HessianVectorProduct:
                 "without double backward, e.g. a @once_differentiable Function)"
             )
 
-    def _streamed(self, vs: list[Tensor]) -> list[Tensor] | None:
+    def _streamed(self, vs: list[Tensor], *, batched: bool = False) -> list[Tensor] | None:
         """``H v`` batch by batch: each batch's graph is freed after its product."""
         out: list[Tensor] | None = None
         leaves = self._leaves()
@@ -104,7 +104,7 @@ class HessianVectorProduct:
             if not any(g.requires_grad for g in grads):
                 _, whole = self.objective.value_and_grad(self.point, dataset=self.dataset)
                 self._check_constant_gradient(list(whole.values()))
-            hv = _second_backward(grads, list(leaves.values()), vs, retain=False)
+            hv = _second_backward(grads, list(leaves.values()), vs, retain=False, batched=batched)
             out = hv if out is None else [a + c for a, c in zip(out, hv, strict=True)]
         return out
 
@@ -115,6 +115,29 @@ class HessianVectorProduct:
             out: list[Tensor] | None = _second_backward(*self._graph, vs, retain=True)
         else:
             out = self._streamed(vs)
+        return self._reduced(out)
+
+    def many(self, vs: list[Tensor]) -> list[Tensor]:
+        """``H v`` for ``k`` vectors at once: each ``vs[i]`` is ``[k, *shape_i]`` and so is
+        each result. One backward pass per batch of data computes all ``k`` products
+        (``torch.autograd.grad(..., is_grads_batched=True)``, a vmap over the backward);
+        where vmap cannot run a backward formula, they are computed one by one."""
+        k = vs[0].shape[0]
+        try:
+            if self.reuse:
+                if self._graph is None:
+                    self._graph = self._build()
+                out: list[Tensor] | None = _second_backward(
+                    *self._graph, vs, retain=True, batched=True
+                )
+            else:
+                out = self._streamed(vs, batched=True)
+            return self._reduced(out)
+        except _BatchedBackwardError:
+            cols = [self([v[j] for v in vs]) for j in range(k)]
+            return [torch.stack([c[i] for c in cols]) for i in range(len(vs))]
+
+    def _reduced(self, out: list[Tensor] | None) -> list[Tensor]:
         if out is None:
             raise ValueError(f"data set {self.dataset!r} yields no batches")
         if self.reduce is not None:
@@ -130,13 +153,24 @@ def _check_finite(value: float) -> None:
         )
 
 
+class _BatchedBackwardError(RuntimeError):
+    """A batched (vmapped) backward pass failed: compute the products one by one."""
+
+
 def _second_backward(
-    grads: list[Tensor], leaves: list[Tensor], vs: list[Tensor], *, retain: bool
+    grads: list[Tensor],
+    leaves: list[Tensor],
+    vs: list[Tensor],
+    *,
+    retain: bool,
+    batched: bool = False,
 ) -> list[Tensor]:
-    """``∇_leaves ⟨grads, vs⟩``: one backward pass through the gradient's graph."""
+    """``∇_leaves ⟨grads, vs⟩``: one backward pass through the gradient's graph
+    (``batched``: each ``vs[i]`` has a leading dimension of products to take at once)."""
+    lead = (vs[0].shape[0],) if batched else ()
     idx = [i for i, g in enumerate(grads) if g.requires_grad]
     if not idx:  # the gradient is constant: the Hessian is exactly zero
-        return [torch.zeros_like(t) for t in leaves]
+        return [t.new_zeros(lead + t.shape) for t in leaves]
     try:
         with torch.enable_grad():
             hv = torch.autograd.grad(
@@ -145,8 +179,11 @@ def _second_backward(
                 grad_outputs=[vs[i] for i in idx],
                 retain_graph=retain,
                 allow_unused=True,
+                is_grads_batched=batched,
             )
     except RuntimeError as e:
+        if batched:
+            raise _BatchedBackwardError(str(e)) from e
         first = str(e).strip().splitlines()[0][:200]
         fix = "replace the operation it names with one that has a second derivative"
         if "scaled_dot_product" in first or "attention" in first:
@@ -160,5 +197,6 @@ def _second_backward(
             f"the loss is not twice differentiable here (PyTorch: {first}); {fix}"
         ) from None
     return [
-        torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, leaves, strict=True)
+        t.new_zeros(lead + t.shape) if h is None else h.detach()
+        for h, t in zip(hv, leaves, strict=True)
     ]
