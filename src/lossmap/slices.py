@@ -184,7 +184,7 @@ def result_meta(
         "engine": info,
         "versions": versions(),
     }
-    meta.update(extra)
+    meta.update(extra or {})
     return meta
 
 
@@ -222,6 +222,26 @@ def _span_run(
     return {k: v.reshape(shape) for k, v in res.values.items()}, res.info, base
 
 
+def _curve(
+    land: Landscape,
+    d: Direction,
+    alpha: np.ndarray,
+    *,
+    origin: Mapping[str, Tensor] | None,
+    view: str,
+    span: list[float],
+    extra: Mapping[str, object] | None = None,
+    **run: Any,
+) -> Curve:
+    """The values along ``origin + α d`` for the coordinates ``alpha``: a line or a path."""
+    t0 = time.perf_counter()
+    values, info, base = _span_run(land, [d], [alpha], origin=origin, view=view, **run)
+    meta = result_meta(land, base, [d], info, view=view, span=span, steps=len(alpha))
+    meta.update(extra or {})
+    meta["seconds"] = time.perf_counter() - t0
+    return Curve({"alpha": alpha}, values, meta)
+
+
 def line(
     land: Landscape,
     direction: DirectionLike,
@@ -256,23 +276,19 @@ def line(
     ((lo, hi),) = parse_span(span, 1)
     (n,) = _parse_steps(steps, 1)
     d = _resolve(land, direction, "direction")
-    alpha = grid(lo, hi, n)
-    t0 = time.perf_counter()
-    values, info, base = _span_run(
+    return _curve(
         land,
-        [d],
-        [alpha],
+        d,
+        grid(lo, hi, n),
         origin=origin,
+        view="line",
+        span=[lo, hi],
         datasets=datasets,
         strategy=strategy,
         progress=progress,
         journal=journal,
-        view="line",
         chunk_size=chunk_size,
     )
-    meta = result_meta(land, base, [d], info, view="line", span=[lo, hi], steps=n)
-    meta["seconds"] = time.perf_counter() - t0
-    return Curve({"alpha": alpha}, values, meta)
 
 
 def plane(
@@ -357,21 +373,17 @@ def interpolate(
     a = V.check_vector(a, land.theta0, name="a")
     b = V.check_vector(b, land.theta0, name="b")
     d = Direction(V.sub(b, a), kind="between")
-    t = grid(lo, hi, n)
-    t0 = time.perf_counter()
-    values, info, base = _span_run(
+    return _curve(
         land,
-        [d],
-        [t],
+        d,
+        grid(lo, hi, n),
         origin=a,
+        view="interpolate",
+        span=[lo, hi],
+        extra={"distance": float(V.norm(d))},
         datasets=datasets,
         strategy=strategy,
         progress=progress,
         journal=journal,
-        view="interpolate",
         chunk_size=chunk_size,
     )
-    meta = result_meta(land, base, [d], info, view="interpolate", span=[lo, hi], steps=n)
-    meta["distance"] = float(V.norm(d))
-    meta["seconds"] = time.perf_counter() - t0
-    return Curve({"alpha": t}, values, meta)
