@@ -104,6 +104,21 @@ def _region_method(region: str | Region, method: str | Method | None) -> tuple[R
 
 
 @single_blas_thread
+def _start(
+    land: Landscape,
+    point: Mapping[str, Tensor] | None,
+    dataset: str | None,
+    ignore: Sequence[str],
+) -> tuple[V.Vector, str, Tensor, Objective, float, Tensor]:
+    """θ, the data set, the mask of moving entries, the objective, and the loss and
+    gradient at θ (refused when not finite): the start of every worst-case search."""
+    theta, ds, mask = setup(land, point, dataset, ignore)
+    obj = Objective(land, theta, ds)
+    loss0, grad0 = obj(torch.zeros_like(mask))
+    finite(loss0)
+    return theta, ds, mask, obj, loss0, grad0
+
+
 def epsilon(
     land: Landscape,
     eps: float,
@@ -167,10 +182,7 @@ def epsilon(
         max_iter = 10 if meth is Method.LBFGSB else 20
     max_iter = count(max_iter, "max_iter", 1)
     t0 = time.perf_counter()
-    theta, ds, mask = setup(land, point, dataset, ignore)
-    obj = Objective(land, theta, ds)
-    loss0, grad0 = obj(torch.zeros_like(mask))
-    finite(loss0)
+    theta, ds, mask, obj, loss0, grad0 = _start(land, point, dataset, ignore)
     flat = obj.flat
     start: dict[str, Any] = {"restarts": restarts, "seed": seed, "loss0": loss0, "grad0": grad0}
     messages: list[str] = []
@@ -263,10 +275,7 @@ def adaptive(
     steps = count(steps, "steps", 1)
     restarts = count(restarts, "restarts", 0)
     t0 = time.perf_counter()
-    theta, ds, mask = setup(land, point, dataset, ignore)
-    obj = Objective(land, theta, ds)
-    loss0, grad0 = obj(torch.zeros_like(mask))
-    finite(loss0)
+    theta, ds, mask, obj, loss0, grad0 = _start(land, point, dataset, ignore)
     scale = (obj.flat.abs() + float(eta)) * mask
     if not bool((scale != 0).any()):
         raise ValueError("every parameter is 0 and eta = 0: nothing can move; use eta > 0")
