@@ -21,18 +21,18 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _barrier_line,
-    _data_hash,
-    _echo,
     _open_journal,
-    _prepare_out,
-    _progress,
     _provenance,
     _record,
     _save_result,
     app,
+    barrier_line,
+    data_hash,
+    echo,
+    prepare_out,
+    progress_bar,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 
 
 class CurveOpt(str, enum.Enum):
@@ -108,19 +108,19 @@ def connect(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
+    out = prepare_out(out)
     land = build_landscape(model, example, device)
     la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
     for end in (la, lb):
-        _check_theta0(end)
+        check_theta0(end)
     a, b = la.point(), lb.point()
-    with _progress("straight path") as progress:
+    with progress_bar("straight path") as progress:
         progress(0, 1)
         line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
         progress(1, 1)
     results: dict[str, Any] = {"path": line}
     files = _save_result(line, out, "path")
-    lines = [_barrier_line("straight", line.meta["barrier"])]
+    lines = [barrier_line("straight", line.meta["barrier"])]
     extra: dict[str, Any] = {"barrier_line": line.meta["barrier"]}
     if curve is not CurveOpt.none:
         fp = {
@@ -134,11 +134,11 @@ def connect(
             "seed": seed,
             "a": hash_tensors(a),
             "b": hash_tensors(b),
-            "data": _data_hash(land),
+            "data": data_hash(land),
         }
         journal = _open_journal(out, fp, restart)
         try:
-            with _progress(f"{curve.value} curve") as progress:
+            with progress_bar(f"{curve.value} curve") as progress:
                 fit = lm.connect.curve(
                     la,
                     a,
@@ -157,7 +157,7 @@ def connect(
         c = fit.to_curve("curve")
         results["curve"] = c
         files += _save_result(c, out, "curve")
-        lines.append(_barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
+        lines.append(barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
         extra["barrier_curve"] = fit.meta["barrier"]["curve"]
     _record(out, "connect", args, results, files, t0, **extra, **_provenance(la))
-    _echo([*lines, f"wrote {out}/ ({len(files)} files)"])
+    echo([*lines, f"wrote {out}/ ({len(files)} files)"])

@@ -15,22 +15,22 @@ from lossmap.cli._common import (
     OutOpt,
     RestartOpt,
     SeedOpt,
-    _barrier_line,
-    _data_hash,
-    _echo,
     _open_journal,
-    _prepare_out,
-    _progress,
     _provenance,
     _record,
     _save_result,
-    _summary_lines,
-    _write_rows,
     app,
+    barrier_line,
+    data_hash,
+    echo,
+    prepare_out,
+    progress_bar,
+    summary_lines,
+    write_rows,
 )
 from lossmap.cli._load import build_landscape
-from lossmap.cli.hessian import _curvature, _curvature_lines, _write_curvature
-from lossmap.cli.sharpness import _sharpness, _sharpness_lines
+from lossmap.cli.hessian import curvature_lines, curvature_report, write_curvature
+from lossmap.cli.sharpness import sharpness_lines, sharpness_table
 
 
 @app.command()
@@ -52,7 +52,7 @@ def demo(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
+    out = prepare_out(out)
     typer.echo(f"lossmap demo: {example.value} example")
     t = time.perf_counter()
     land = build_landscape(None, example, device)
@@ -81,14 +81,14 @@ def demo(
         "steps": steps,
         "seed": seed,
         "theta0": hash_tensors(land._params0),
-        "data": _data_hash(land),
+        "data": data_hash(land),
         "device": str(land.device),
     }
     journal = _open_journal(out, fp, restart)
     try:
-        with _progress("line") as progress:
+        with progress_bar("line") as progress:
             c = lm.line(land, d_line, span=line_span, steps=51, progress=progress, journal=journal)
-        with _progress("plane") as progress:
+        with progress_bar("plane") as progress:
             s = lm.plane(
                 land,
                 d1,
@@ -101,7 +101,7 @@ def demo(
     finally:
         journal.close()
     files = _save_result(c, out, "line") + _save_result(s, out, "surface")
-    sd, rows = _curvature(
+    sd, rows = curvature_report(
         land,
         k=5,
         bottom_k=1,
@@ -111,22 +111,22 @@ def demo(
         probes=1,
         seed=seed,
     )
-    files += _write_curvature(sd, rows, out)
-    sharp = _sharpness(
+    files += write_curvature(sd, rows, out)
+    sharp = sharpness_table(
         land, eps=1e-3, rho=0.05, sigma=0.01, adaptive_sigma=0.1, samples=100, seed=seed
     )
-    files.append(_write_rows(sharp, out / "sharpness.csv"))
+    files.append(write_rows(sharp, out / "sharpness.csv"))
     results: dict[str, Any] = {"line": c, "surface": s}
     path_lines: list[str] = []
     if example is Example.digits:
         # Two minima: this seed's and the next one's; the straight path between them.
         other = lm.examples.digits_mlp(seed=seed + 1)
         b = land.at(dict(other.model.state_dict())).point()
-        with _progress("path to another seed") as progress:
+        with progress_bar("path to another seed") as progress:
             path = lm.connect.linear(land, land.point(), b, steps=41, progress=progress)
         files += _save_result(path, out, "path")
         results["path"] = path
-        path_lines = [_barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]
+        path_lines = [barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]
     _record(
         out,
         "demo",
@@ -140,12 +140,12 @@ def demo(
     )
     eng = s.meta["engine"]
     written = ", ".join(sorted({f.name for f in files if f.suffix in (".h5", ".csv")}))
-    _echo(
+    echo(
         [
-            *_summary_lines(c, "line"),
-            *_summary_lines(s, "plane"),
-            *_curvature_lines(sd),
-            *_sharpness_lines(sharp),
+            *summary_lines(c, "line"),
+            *summary_lines(s, "plane"),
+            *curvature_lines(sd),
+            *sharpness_lines(sharp),
             *path_lines,
             f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
             f"  wrote {out}/: {written}, {sum(f.suffix == '.png' for f in files)} figures "

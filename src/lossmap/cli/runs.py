@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lossmap.cli._common import CliError, _alive, _echo, _human, app
+from lossmap.cli._common import CliError, app, echo, human_time, pid_alive
 
 
 @app.command()
@@ -34,7 +34,7 @@ def status(
         run_id = j.run_id
     views = {k: v for k, v in prog.items() if k != "units"}
     complete = _results_written(run_dir, run_id)
-    alive = not complete and _alive(pid)
+    alive = not complete and pid_alive(pid)
     state = "complete" if complete else ("running" if alive else "interrupted")
     lines = [f"{run_dir}: {fp.get('command', '?')} run, {state}"]
     for name, v in views.items():
@@ -45,8 +45,8 @@ def status(
         lines.append(
             f"  {name}: {v['done']:,}/{v['total']:,} points ({pct:.1f} %)"
             + (f", {rate:,.3g} points/s" if rate else "")
-            + (f", ETA {_human(eta)}" if eta and state == "running" else "")
-            + (f", last write {_human(ago)} ago" if ago is not None else "")
+            + (f", ETA {human_time(eta)}" if eta and state == "running" else "")
+            + (f", last write {human_time(ago)} ago" if ago is not None else "")
         )
     if "units" in prog:
         lines.append(
@@ -56,7 +56,7 @@ def status(
         lines.append("  every point is done but the results were not all written")
     if state == "interrupted":
         lines.append("  re-run the same command with the same --out to resume")
-    _echo(lines)
+    echo(lines)
 
 
 def _results_written(run_dir: Path, run_id: str | None) -> bool:
@@ -175,7 +175,7 @@ def rerun(
     import numpy as np
 
     import lossmap as lm
-    from lossmap.cli._common import _RUN
+    from lossmap.cli._common import CURRENT_RUN
 
     record = run_dir / "run.json"
     if not record.is_file():
@@ -214,7 +214,7 @@ def rerun(
             f"rerun it only if you trust them, by repeating: lossmap rerun {run_dir} "
             "--trust-checkpoint"
         )
-    _RUN["argv"] = list(argv)  # the repeated run records its own command, not "rerun"
+    CURRENT_RUN["argv"] = list(argv)  # the repeated run records its own command, not "rerun"
     rc = app(args=argv, standalone_mode=False)
     if isinstance(rc, int) and rc:
         raise typer.Exit(rc)
@@ -246,6 +246,6 @@ def rerun(
         verdict = f"values match to rounding (max relative difference {worst:.2g})"
     else:
         verdict = "values DIFFER (see above)"
-    _echo([*lines, f"rerun of {run_dir}: {verdict}"])
+    echo([*lines, f"rerun of {run_dir}: {verdict}"])
     if worst > 1e-5:
         raise typer.Exit(1)

@@ -28,21 +28,21 @@ from lossmap.cli._common import (
     Strategy,
     StrategyOpt,
     TrustOpt,
-    _check_budget,
-    _data_hash,
-    _directions,
-    _echo,
     _open_journal,
-    _prepare_out,
-    _progress,
     _provenance,
     _record,
     _save_result,
-    _sha256,
-    _summary_lines,
     app,
+    check_budget,
+    data_hash,
+    echo,
+    file_sha256,
+    prepare_out,
+    progress_bar,
+    random_directions,
+    summary_lines,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 
 
 def _random_slice(view: str, args: dict[str, Any]) -> None:
@@ -53,15 +53,15 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     n = 1 if view == "line" else 2
     lm.slices.parse_span(args["span"], n)
-    out = _prepare_out(args["out"])
+    out = prepare_out(args["out"])
     land = with_checkpoint(
         build_landscape(args["model"], args["example"], args["device"]),
         args["checkpoint"],
         key=args["checkpoint_key"],
         trust=args["trust_checkpoint"],
     )
-    dirs = _directions(land, n, args["normalization"], args["ignore"], args["seed"])
-    _check_budget(args["steps"], n, _check_theta0(land), args["max_hours"])
+    dirs = random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
+    check_budget(args["steps"], n, check_theta0(land), args["max_hours"])
     fp = {
         "command": view,
         **{
@@ -69,10 +69,10 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
             for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
         },
         "strategy": args["strategy"].value,
-        "checkpoint_sha256": _sha256(args["checkpoint"]) if args["checkpoint"] else None,
+        "checkpoint_sha256": file_sha256(args["checkpoint"]) if args["checkpoint"] else None,
         "theta0": hash_tensors(land._params0),
         "directions": hash_tensors([t for d in dirs for t in d.values()]),
-        "data": _data_hash(land),
+        "data": data_hash(land),
         "device": str(land.device),
     }
     journal = _open_journal(out, fp, args["restart"])
@@ -84,7 +84,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
         "journal": journal,
     }
     try:
-        with _progress(view) as progress:
+        with progress_bar(view) as progress:
             r = (
                 lm.line(land, dirs[0], progress=progress, **kw)
                 if n == 1
@@ -97,7 +97,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
     _record(out, view, args, {name: r}, files, t0, **_provenance(land, fp))
     resumed = r.meta["engine"].get("resumed_points", 0)
     note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
-    _echo([*_summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
+    echo([*summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
 
 
 # ---------------------------------------------------------------- commands
@@ -174,11 +174,11 @@ def interpolate(
     t0 = time.perf_counter()
     args = dict(locals())
     lm.slices.parse_span(span, 1)
-    out = _prepare_out(out)
+    out = prepare_out(out)
     land = build_landscape(model, example, device)
     la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
     lb = with_checkpoint(land, checkpoint_b, key=checkpoint_key, trust=trust_checkpoint)
-    _check_budget(steps, 1, max(_check_theta0(la), _check_theta0(lb)), max_hours)
+    check_budget(steps, 1, max(check_theta0(la), check_theta0(lb)), max_hours)
     fp = {
         "command": "interpolate",
         "model": model,
@@ -186,14 +186,14 @@ def interpolate(
         "span": span,
         "steps": steps,
         "strategy": strategy.value,
-        "checkpoint_sha256": [_sha256(checkpoint_a), _sha256(checkpoint_b)],
+        "checkpoint_sha256": [file_sha256(checkpoint_a), file_sha256(checkpoint_b)],
         "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
-        "data": _data_hash(land),
+        "data": data_hash(land),
         "device": str(land.device),
     }
     journal = _open_journal(out, fp, restart)
     try:
-        with _progress("interpolate") as progress:
+        with progress_bar("interpolate") as progress:
             c = lm.interpolate(
                 la,
                 la.point(),
@@ -209,4 +209,4 @@ def interpolate(
         journal.close()
     files = _save_result(c, out, "path", log=log)
     _record(out, "interpolate", args, {"path": c}, files, t0, **_provenance(la, fp))
-    _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])
+    echo([*summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])

@@ -23,20 +23,20 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _check_budget,
-    _data_hash,
-    _echo,
-    _ignore,
     _open_journal,
-    _prepare_out,
-    _progress,
     _provenance,
     _record,
     _save_result,
-    _summary_lines,
     app,
+    check_budget,
+    data_hash,
+    echo,
+    parse_ignore,
+    prepare_out,
+    progress_bar,
+    summary_lines,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 
 
 def _digits_trajectory(land: Any, epochs: int, seed: int) -> tuple[list[Any], list[float]]:
@@ -92,7 +92,7 @@ def trajectory_cmd(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
+    out = prepare_out(out)
     land = build_landscape(model, example, device)
     if checkpoints:
         if len(checkpoints) < 2:
@@ -116,8 +116,8 @@ def trajectory_cmd(
         raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
     from lossmap.directions import ignored_names
 
-    ignored_names(final, _ignore(ignore))  # a typo is refused before the journal is opened
-    _check_budget(steps, 2, _check_theta0(final), max_hours)
+    ignored_names(final, parse_ignore(ignore))  # a typo is refused before the journal is opened
+    check_budget(steps, 2, check_theta0(final), max_hours)
     from lossmap.store import hash_tensors
 
     fp = {
@@ -127,17 +127,17 @@ def trajectory_cmd(
         "steps": steps,
         "ignore": ignore,
         "checkpoints": hash_tensors([t for c in cps for t in c.values()]),
-        "data": _data_hash(land),
+        "data": data_hash(land),
         "device": str(land.device),
     }
     journal = _open_journal(out, fp, restart)
     try:
-        with _progress("trajectory plane") as progress:
+        with progress_bar("trajectory plane") as progress:
             surf, coords = trajectory.pca_plane(
                 final,
                 cps,
                 steps=steps,
-                ignore=_ignore(ignore),
+                ignore=parse_ignore(ignore),
                 labels=labels,
                 progress=progress,
                 journal=journal,
@@ -149,12 +149,12 @@ def trajectory_cmd(
     files += lplot.save(fig, out / "trajectory")
     _record(out, "trajectory", args, {"surface": surf}, files, t0, **_provenance(final))
     ev = surf.meta["trajectory"]["explained_variance_ratio"]
-    _echo(
+    echo(
         [
             f"  {len(cps)} checkpoints; PC1 {100 * ev[0]:.1f} %, PC2 {100 * ev[1]:.1f} % of the "
             "path's variance",
             f"  start at ({coords[0, 0]:.3g}, {coords[0, 1]:.3g}), final at (0, 0)",
-            *_summary_lines(surf, "plane"),
+            *summary_lines(surf, "plane"),
             f"wrote {out}/ ({len(files)} files, trajectory.png)",
         ]
     )
