@@ -5,8 +5,10 @@ and ``run.json`` (arguments, versions, seed, timings, summary).
 
 One module per command (``slices``: line, plane, interpolate; ``connect``;
 ``trajectory``; ``sharpness``; ``hessian``; ``plot``; ``demo``; ``runs``: status,
-rerun) around ``_common`` (the app, options, run folder) and ``_load`` (models and
-checkpoints); :func:`main` turns every failure into one line and an exit status.
+rerun) around ``_common`` (the app, options, shared helpers), ``_run`` (the run
+folder: one context manager, ``RunFolder``, that every command writing one goes
+through) and ``_load`` (models and checkpoints); :func:`main` turns every failure into
+one line and an exit status.
 """
 
 from __future__ import annotations

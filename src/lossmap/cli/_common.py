@@ -1,5 +1,5 @@
-"""Shared by the commands: the typer app, option types, and the run folder (journal,
-progress bars, result files, ``run.json``)."""
+"""Shared by the commands: the typer app, option types, and the pieces of a run folder
+(progress bars, JSON and CSV files, summaries), which :mod:`lossmap.cli._run` puts together."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import enum
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,27 +173,6 @@ def check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: floa
         )
 
 
-def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
-    import lossmap
-    from lossmap.store import Journal, JournalMismatch
-
-    # Another lossmap version may compute other values: never mix them in one run.
-    fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
-    CURRENT_RUN["journal"] = out / "journal.sqlite"  # named by any error while opening it
-    try:
-        j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
-    except JournalMismatch as e:
-        raise CliError(str(e)) from None
-    CURRENT_RUN["journal"] = j.path
-    CURRENT_RUN["run_id"] = j.run_id
-    if not pid_alive(j.previous_pid):  # its temporaries are stale: a killed final write
-        from lossmap.results import stale_temporaries
-
-        for tmp in stale_temporaries(out):
-            tmp.unlink(missing_ok=True)
-    return j
-
-
 def pid_alive(pid: Any) -> bool:
     """Whether another process with this id runs (a journal's last writer)."""
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
@@ -272,14 +250,6 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _save_result(result: Any, out: Path, name: str, *, log: bool | None = None) -> list[Path]:
-    from lossmap import plot
-
-    files = [result.save(out / f"{name}.h5"), result.to_csv(out / f"{name}.csv")]
-    files += plot.figures(result, out, prefix=f"{name}_", log=log)
-    return files
-
-
 def summary_lines(result: Any, name: str) -> list[str]:
     lines = []
     for key in result.values:
@@ -297,47 +267,6 @@ def library_versions() -> dict[str, str]:
     from lossmap.slices import versions
 
     return versions()
-
-
-def _record(
-    out: Path,
-    command: str,
-    args: dict[str, Any],
-    results: dict[str, Any],
-    files: list[Path],
-    t0: float,
-    **extra: Any,
-) -> None:
-    write_json(
-        out / "run.json",
-        {
-            "command": command,
-            "arguments": args,
-            "versions": library_versions(),
-            "seconds": time.perf_counter() - t0,
-            "results": {k: {"summary": r.summary(), "meta": r.meta} for k, r in results.items()},
-            **extra,
-            "files": sorted(str(f.relative_to(out)) for f in files),
-        },
-    )
-
-
-def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it.
-
-    Hashes the fingerprint already holds (of θ0, of the data) are not computed again."""
-    from lossmap.store import hash_tensors
-
-    fp = fingerprint or {}
-    return {
-        "argv": list(CURRENT_RUN["argv"]),
-        "cwd": os.getcwd(),
-        "run_id": CURRENT_RUN.get("run_id"),
-        "device": str(land.device),
-        "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
-        "data_sha256": fp.get("data") or data_hash(land),
-        "fingerprint": fingerprint,
-    }
 
 
 def echo(lines: list[str]) -> None:

@@ -20,19 +20,15 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _open_journal,
-    _provenance,
     app,
     data_hash,
-    echo,
     file_sha256,
     library_versions,
-    prepare_out,
     progress_bar,
-    write_json,
     write_rows,
 )
 from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
 def curvature_report(
@@ -143,55 +139,41 @@ def hessian(
         raise CliError(
             f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
         )
-    out = prepare_out(out)
-    land = with_checkpoint(
-        build_landscape(model, example, device),
-        checkpoint,
-        key=checkpoint_key,
-        trust=trust_checkpoint,
-    )
-    check_theta0(land)
-    if k > land.num_parameters:
-        raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
-    from lossmap.store import hash_tensors
-
-    fp = {
-        "command": "hessian",
-        "model": model,
-        "example": example,
-        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-        "theta0": hash_tensors(land._params0),
-        "data": data_hash(land),
-        "density_steps": density_steps,
-        "seed": seed,
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, restart)
-    try:
-        sd, rows = curvature_report(
-            land,
-            k=k,
-            trace_method=trace_method,
-            trace_matvecs=trace_matvecs,
-            steps=density_steps,
-            probes=probes,
-            seed=seed,
-            journal=journal,
+    with RunFolder("hessian", args, t0=t0) as run:
+        land = with_checkpoint(
+            build_landscape(model, example, device),
+            checkpoint,
+            key=checkpoint_key,
+            trust=trust_checkpoint,
         )
-    finally:
-        journal.close()
-    files = write_curvature(sd, rows, out)
-    write_json(
-        out / "run.json",
-        {
+        check_theta0(land)
+        if k > land.num_parameters:
+            raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
+        from lossmap.store import hash_tensors
+
+        fp = {
             "command": "hessian",
-            "arguments": args,
-            "versions": library_versions(),
-            "seconds": time.perf_counter() - t0,
-            "curvature": sd.meta,
-            "eigenvalues": rows,
-            "files": sorted(str(f.relative_to(out)) for f in files),
-            **_provenance(land, fp),
-        },
-    )
-    echo([*curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])
+            "model": model,
+            "example": example,
+            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+            "theta0": hash_tensors(land._params0),
+            "data": data_hash(land),
+            "density_steps": density_steps,
+            "seed": seed,
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal:
+            sd, rows = curvature_report(
+                land,
+                k=k,
+                trace_method=trace_method,
+                trace_matvecs=trace_matvecs,
+                steps=density_steps,
+                probes=probes,
+                seed=seed,
+                journal=journal,
+            )
+        run.add(write_curvature(sd, rows, run.out))
+        run.note(curvature=sd.meta, eigenvalues=rows)
+        run.provenance(land, fp, after_files=True)
+        run.summary = [*curvature_lines(sd), f"wrote {run.out}/ ({len(run.files)} files)"]
