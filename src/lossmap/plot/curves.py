@@ -57,19 +57,7 @@ def curve(
         The figure.
     """
     check_kind(result, Curve, "curve", "use contour(), heatmap() or surface3d() for a plane")
-    metrics = list(result.metrics if metrics is None else metrics)
-    datasets = list(result.datasets if datasets is None else datasets)
-    for name, given, have in (
-        ("metrics", metrics, result.metrics),
-        ("datasets", datasets, result.datasets),
-    ):
-        bad = [m for m in given if m not in have]
-        if bad or not given:
-            raise ValueError(f"{name} {given!r}: unknown {bad!r}; available: {have}")
-    keys = [f"{d}/{m}" for m in metrics for d in datasets if f"{d}/{m}" in result.values]
-    if not keys:
-        raise ValueError(f"no values for metrics {metrics} on data sets {datasets}")
-
+    metrics, datasets, keys = _curve_keys(result, metrics, datasets)
     ax = new_axes(ax, figsize=(5.6, 3.8))
     left_metric = "loss" if "loss" in metrics else metrics[0]
     right = [m for m in metrics if m != left_metric]
@@ -106,26 +94,7 @@ def curve(
     ax.set_xlabel(direction_label(result, 0, "α"))
     ax.set_xlim(float(result.alpha.min()), float(result.alpha.max()))
 
-    marks: list[tuple[float, str]] = []
-    if mark_origin:
-        t0 = result.theta0
-        marks = [(t0[0], "θ0")] if t0 is not None else []
-        if result.meta.get("view") == "interpolate":
-            marks = [(0.0, "a"), (1.0, "b")]
-        marks = [(x, text) for x, text in marks if in_range(x, result.alpha)]
-    for x, text in marks:
-        ax.axvline(x, color="0.45", linewidth=0.9, linestyle=":", zorder=0)
-        ax.annotate(
-            text,
-            xy=(x, 1.0),
-            xycoords=ax.get_xaxis_transform(),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=9,
-            color="0.3",
-        )
+    marks = _mark_origin(ax, result) if mark_origin else []
     ax.grid(True, color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
     # Below the axes: no place inside is free of both axes' lines in general.
@@ -143,6 +112,48 @@ def curve(
         ax, " and ".join(metrics), mask_notes(n_nan, n_nonpos), pad=14.0 if marks else 6.0
     )
     return figure_of(ax)
+
+
+def _curve_keys(
+    result: Curve, metrics: Sequence[str] | None, datasets: Sequence[str] | None
+) -> tuple[list[str], list[str], list[str]]:
+    """The metrics and data sets to draw (default all; checked) and their value keys."""
+    metrics = list(result.metrics if metrics is None else metrics)
+    datasets = list(result.datasets if datasets is None else datasets)
+    for name, given, have in (
+        ("metrics", metrics, result.metrics),
+        ("datasets", datasets, result.datasets),
+    ):
+        bad = [m for m in given if m not in have]
+        if bad or not given:
+            raise ValueError(f"{name} {given!r}: unknown {bad!r}; available: {have}")
+    keys = [f"{d}/{m}" for m in metrics for d in datasets if f"{d}/{m}" in result.values]
+    if not keys:
+        raise ValueError(f"no values for metrics {metrics} on data sets {datasets}")
+    return metrics, datasets, keys
+
+
+def _mark_origin(ax: Axes, result: Curve) -> list[tuple[float, str]]:
+    """Dotted vertical lines, labelled above the axes, at θ0 or at a and b (t = 0, 1)."""
+    t0 = result.theta0
+    marks = [(t0[0], "θ0")] if t0 is not None else []
+    if result.meta.get("view") == "interpolate":
+        marks = [(0.0, "a"), (1.0, "b")]
+    marks = [(x, text) for x, text in marks if in_range(x, result.alpha)]
+    for x, text in marks:
+        ax.axvline(x, color="0.45", linewidth=0.9, linestyle=":", zorder=0)
+        ax.annotate(
+            text,
+            xy=(x, 1.0),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            color="0.3",
+        )
+    return marks
 
 
 def spectrum(result: Spectrum, *, ax: Axes | None = None, logy: bool = True) -> Figure:

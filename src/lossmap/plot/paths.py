@@ -103,9 +103,18 @@ def trajectory(
         zorder=6,
         label=f"path ({len(c)} checkpoints)",
     )
+    _arrowheads(ax, c, color, arrows)
+    _ends(ax, c, color)
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    n = len(c)
+    ax.set_title(f"{key_title(surface.key(key))} on the PCA plane of {n} checkpoints")
+    return fig
+
+
+def _arrowheads(ax: Axes, c: np.ndarray, color: str, arrows: int) -> None:
+    """About ``arrows`` arrowheads at evenly spaced distances along the path, mid-segment."""
     seg = np.linalg.norm(np.diff(c, axis=0), axis=1) if len(c) > 1 else np.zeros(0)
     if arrows and seg.size and seg.max() > 0:
-        # Arrowheads at evenly spaced distances along the path, mid-segment.
         cum = np.concatenate([[0.0], np.cumsum(seg)])
         for s in np.linspace(0, cum[-1], arrows + 2)[1:-1]:
             i = int(min(np.searchsorted(cum, s, side="right") - 1, len(seg) - 1))
@@ -119,6 +128,10 @@ def trajectory(
                 arrowprops={"arrowstyle": "-|>", "color": color, "lw": 0, "mutation_scale": 12},
                 zorder=7,
             )
+
+
+def _ends(ax: Axes, c: np.ndarray, color: str) -> None:
+    """The path's start (θ_0, a hollow circle) and end (the final point, a star)."""
     ax.plot(
         [c[0, 0]],
         [c[0, 1]],
@@ -142,10 +155,6 @@ def trajectory(
         zorder=8,
         label="final θₙ",
     )
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    n = len(c)
-    ax.set_title(f"{key_title(surface.key(key))} on the PCA plane of {n} checkpoints")
-    return fig
 
 
 def _history_arrays(
