@@ -146,6 +146,37 @@ def _parse_recorded(argv: list[str], record: Path) -> dict[str, Any]:
     return dict(ctx.params)
 
 
+def _compare(run_dir: Path, target: Path, files: Any) -> tuple[list[str], float]:
+    """Each result file run.json lists, in ``run_dir`` against its repetition in ``target``:
+    a line per statistic that differs, and the largest relative difference (0: none)."""
+    import numpy as np
+
+    import lossmap as lm
+
+    lines, worst = [], 0.0
+    for name in files if isinstance(files, list) else []:
+        if not isinstance(name, str) or not name.endswith(".h5") or Path(name).name != name:
+            continue  # only result files inside the run folder
+        try:
+            a, b = lm.load(run_dir / name), lm.load(target / name)
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(str(e)) from None
+        va = getattr(a, "values", None) or {"density": a.density}  # type: ignore[union-attr]
+        vb = getattr(b, "values", None) or {"density": b.density}  # type: ignore[union-attr]
+        for k in va:
+            x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
+            if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
+                continue
+            if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
+                rel = math.inf
+            else:
+                ok = ~np.isnan(x)
+                rel = float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)))
+            worst = max(worst, rel)
+            lines.append(f"  {name} {k}: max relative difference {rel:.3g}")
+    return lines, worst
+
+
 @app.command()
 def rerun(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
@@ -172,9 +203,7 @@ def rerun(
     A run folder is data: rerun runs from your own working directory (never the recorded
     one), and imports a --model or unpickles with --trust-checkpoint only when you repeat
     that option here."""
-    import numpy as np
 
-    import lossmap as lm
     from lossmap.cli._common import CURRENT_RUN
 
     record = run_dir / "run.json"
@@ -218,28 +247,7 @@ def rerun(
     rc = app(args=argv, standalone_mode=False)
     if isinstance(rc, int) and rc:
         raise typer.Exit(rc)
-    lines, worst = [], 0.0
-    files = info.get("files")
-    for name in files if isinstance(files, list) else []:
-        if not isinstance(name, str) or not name.endswith(".h5") or Path(name).name != name:
-            continue  # only result files inside the run folder
-        try:
-            a, b = lm.load(run_dir / name), lm.load(target / name)
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(str(e)) from None
-        va = getattr(a, "values", None) or {"density": a.density}  # type: ignore[union-attr]
-        vb = getattr(b, "values", None) or {"density": b.density}  # type: ignore[union-attr]
-        for k in va:
-            x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
-            if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
-                continue
-            if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
-                rel = math.inf
-            else:
-                ok = ~np.isnan(x)
-                rel = float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)))
-            worst = max(worst, rel)
-            lines.append(f"  {name} {k}: max relative difference {rel:.3g}")
+    lines, worst = _compare(run_dir, target, info.get("files"))
     if worst == 0.0:
         verdict = "every value matches bit for bit"
     elif worst <= 1e-5:
