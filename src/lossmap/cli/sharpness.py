@@ -197,7 +197,7 @@ def sharpness_cmd(
         run.add(_worst_case_figure(land, deltas, run.out, seed))
         run.note(sharpness=rows)
         run.provenance(land, fp, after_files=True)
-        # (the count includes run.json)
+        # This count, unlike the other commands', includes run.json.
         run.summary = [*sharpness_lines(rows), f"wrote {run.out}/ ({len(run.files) + 1} files)"]
 
 
