@@ -5,8 +5,10 @@ and ``run.json`` (arguments, versions, seed, timings, summary).
 
 One module per command (``slices``: line, plane, interpolate; ``connect``;
 ``trajectory``; ``sharpness``; ``hessian``; ``plot``; ``demo``; ``runs``: status,
-rerun) around ``_common`` (the app, options, run folder) and ``_load`` (models and
-checkpoints); :func:`main` turns every failure into one line and an exit status.
+rerun) around ``_common`` (the app, options, shared helpers), ``_run`` (the run
+folder: one context manager, ``RunFolder``, that every command writing one goes
+through) and ``_load`` (models and checkpoints); :func:`main` turns every failure into
+one line and an exit status.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import typer
 
-from lossmap.cli._common import _RUN, CliError, app
+from lossmap.cli._common import CURRENT_RUN, CliError, app
 
 # The commands register themselves on ``app`` in this order (``lossmap --help``).
 # isort: off
@@ -33,14 +35,14 @@ __all__ = ["app", "main"]
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    _RUN["signal"] = signum
+    CURRENT_RUN["signal"] = signum
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
     SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
-    _RUN.update(
+    CURRENT_RUN.update(
         argv=list(sys.argv[1:] if argv is None else argv), journal=None, run_id=None, signal=None
     )
     previous = None
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except sqlite3.Error as e:  # the journal: disk full, or a file that is not ours
-        where = _RUN.get("journal") or "the run journal"
+        where = CURRENT_RUN.get("journal") or "the run journal"
         typer.echo(
             f"error: could not write {where}: {e}; free space or choose another --out "
             "(or pass --restart if the journal is damaged)",
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e.format_message()} (see: lossmap{command} --help)", err=True)
         sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        where = _RUN.get("journal")
+        where = CURRENT_RUN.get("journal")
         typer.echo(
             "interrupted"
             + (
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             err=True,
         )
-        sys.exit(143 if _RUN.get("signal") == signal.SIGTERM else 130)
+        sys.exit(143 if CURRENT_RUN.get("signal") == signal.SIGTERM else 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # a bug: one line, the traceback on request

@@ -1,5 +1,5 @@
-"""Shared by the commands: the typer app, option types, and the run folder (journal,
-progress bars, result files, ``run.json``)."""
+"""Shared by the commands: the typer app, option types, and the pieces of a run folder
+(progress bars, JSON and CSV files, summaries), which :mod:`lossmap.cli._run` puts together."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import enum
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ class CliError(Exception):
 
 
 # What main() needs to report an interruption and what run.json records of the call.
-_RUN: dict[str, Any] = {"argv": [], "journal": None, "run_id": None}
+CURRENT_RUN: dict[str, Any] = {"argv": [], "journal": None, "run_id": None}
 
 
 class Example(str, enum.Enum):
@@ -153,14 +152,14 @@ MaxHoursOpt = Annotated[
 StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="Engine strategy.")]
 
 
-def _human(seconds: float) -> str:
+def human_time(seconds: float) -> str:
     for unit, n in (("years", 3.15e7), ("days", 86400), ("hours", 3600), ("minutes", 60)):
         if seconds >= n:
             return f"{seconds / n:,.3g} {unit}"
     return f"{seconds:.3g} s"
 
 
-def _check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: float) -> None:
+def check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: float) -> None:
     from lossmap.slices import MAX_POINTS
 
     total = steps**n_axes
@@ -168,34 +167,13 @@ def _check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: flo
     if total > MAX_POINTS or est > max_hours * 3600:
         grid = " x ".join([str(steps)] * n_axes)
         raise CliError(
-            f"a {grid} grid is {total:,} points: about {_human(est)} at the "
+            f"a {grid} grid is {total:,} points: about {human_time(est)} at the "
             f"{1e3 * secs_per_point:.3g} ms one point took here; use fewer --steps "
             f"(limits: {MAX_POINTS:,} points, --max-hours {max_hours:g})"
         )
 
 
-def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
-    import lossmap
-    from lossmap.store import Journal, JournalMismatch
-
-    # Another lossmap version may compute other values: never mix them in one run.
-    fingerprint = {**fingerprint, "lossmap": lossmap.__version__}
-    _RUN["journal"] = out / "journal.sqlite"  # named by any error while opening it
-    try:
-        j = Journal(out / "journal.sqlite", fingerprint, restart=restart)
-    except JournalMismatch as e:
-        raise CliError(str(e)) from None
-    _RUN["journal"] = j.path
-    _RUN["run_id"] = j.run_id
-    if not _alive(j.previous_pid):  # its temporaries are stale: a killed final write
-        from lossmap.results import stale_temporaries
-
-        for tmp in stale_temporaries(out):
-            tmp.unlink(missing_ok=True)
-    return j
-
-
-def _alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
     """Whether another process with this id runs (a journal's last writer)."""
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
@@ -208,7 +186,7 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _prepare_out(out: Path) -> Path:
+def prepare_out(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -221,7 +199,7 @@ def _prepare_out(out: Path) -> Path:
 
 
 @contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar with ETA (to stderr), fed by the engine's ``progress(done, total)``."""
     from rich.console import Console
     from rich.progress import (
@@ -253,14 +231,14 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     from lossmap.results import _jsonable, atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
-def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     import csv
 
     from lossmap.results import atomic_path
@@ -272,15 +250,7 @@ def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _save_result(result: Any, out: Path, name: str, *, log: bool | None = None) -> list[Path]:
-    from lossmap import plot
-
-    files = [result.save(out / f"{name}.h5"), result.to_csv(out / f"{name}.csv")]
-    files += plot.figures(result, out, prefix=f"{name}_", log=log)
-    return files
-
-
-def _summary_lines(result: Any, name: str) -> list[str]:
+def summary_lines(result: Any, name: str) -> list[str]:
     lines = []
     for key in result.values:
         if not key.endswith("/loss") and not key.endswith("/accuracy"):
@@ -293,59 +263,18 @@ def _summary_lines(result: Any, name: str) -> list[str]:
     return lines
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     from lossmap.slices import versions
 
     return versions()
 
 
-def _record(
-    out: Path,
-    command: str,
-    args: dict[str, Any],
-    results: dict[str, Any],
-    files: list[Path],
-    t0: float,
-    **extra: Any,
-) -> None:
-    _write_json(
-        out / "run.json",
-        {
-            "command": command,
-            "arguments": args,
-            "versions": _versions(),
-            "seconds": time.perf_counter() - t0,
-            "results": {k: {"summary": r.summary(), "meta": r.meta} for k, r in results.items()},
-            **extra,
-            "files": sorted(str(f.relative_to(out)) for f in files),
-        },
-    )
-
-
-def _provenance(land: Any, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``lossmap rerun`` needs to repeat the run, and what a reader needs to trust it.
-
-    Hashes the fingerprint already holds (of θ0, of the data) are not computed again."""
-    from lossmap.store import hash_tensors
-
-    fp = fingerprint or {}
-    return {
-        "argv": list(_RUN["argv"]),
-        "cwd": os.getcwd(),
-        "run_id": _RUN.get("run_id"),
-        "device": str(land.device),
-        "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
-        "data_sha256": fp.get("data") or _data_hash(land),
-        "fingerprint": fingerprint,
-    }
-
-
-def _echo(lines: list[str]) -> None:
+def echo(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
 
 
-def _data_hash(land: Any) -> dict[str, str]:
+def data_hash(land: Any) -> dict[str, str]:
     """A hash of each data set held in memory (streamed sets: their batch count)."""
     from lossmap.store import hash_tensors
 
@@ -360,7 +289,7 @@ def _data_hash(land: Any) -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -368,19 +297,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _ignore(s: str) -> tuple[str, ...]:
+def parse_ignore(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
-def _directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) -> Any:
+def random_directions(land: Any, n: int, normalization: Norm, ignore: str, seed: int) -> Any:
     import lossmap as lm
 
     return lm.directions.random(
-        land, n, normalization=normalization.value, ignore=_ignore(ignore), seed=seed
+        land, n, normalization=normalization.value, ignore=parse_ignore(ignore), seed=seed
     )
 
 
-def _barrier_line(name: str, barriers: Mapping[str, Any]) -> str:
+def barrier_line(name: str, barriers: Mapping[str, Any]) -> str:
     parts = [
         f"{k} {v['height']:.4g} (Frankle {v['height_frankle']:.4g})" for k, v in barriers.items()
     ]

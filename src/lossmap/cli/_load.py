@@ -348,7 +348,7 @@ def with_checkpoint(
         raise CliError(f"--checkpoint {checkpoint}: {e}") from None
 
 
-def _check_theta0(land: Any) -> float:
+def check_theta0(land: Any) -> float:
     """Evaluate θ0 once on every data set before the long work: seconds per point.
 
     A model that cannot run on its data, or whose loss at θ0 is not finite, is refused

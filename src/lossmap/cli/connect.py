@@ -21,18 +21,13 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _barrier_line,
-    _data_hash,
-    _echo,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _record,
-    _save_result,
     app,
+    barrier_line,
+    data_hash,
+    progress_bar,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
 class CurveOpt(str, enum.Enum):
@@ -108,56 +103,59 @@ def connect(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
-    land = build_landscape(model, example, device)
-    la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
-    for end in (la, lb):
-        _check_theta0(end)
-    a, b = la.point(), lb.point()
-    with _progress("straight path") as progress:
-        progress(0, 1)
-        line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
-        progress(1, 1)
-    results: dict[str, Any] = {"path": line}
-    files = _save_result(line, out, "path")
-    lines = [_barrier_line("straight", line.meta["barrier"])]
-    extra: dict[str, Any] = {"barrier_line": line.meta["barrier"]}
-    if curve is not CurveOpt.none:
-        fp = {
-            "command": "connect",
-            "model": model,
-            "example": example,
-            "curve": curve.value,
-            "epochs": epochs,
-            "lr": lr,
-            "batch_size": batch_size,
-            "seed": seed,
-            "a": hash_tensors(a),
-            "b": hash_tensors(b),
-            "data": _data_hash(land),
-        }
-        journal = _open_journal(out, fp, restart)
-        try:
-            with _progress(f"{curve.value} curve") as progress:
-                fit = lm.connect.curve(
-                    la,
-                    a,
-                    b,
-                    kind=curve.value,
-                    epochs=epochs,
-                    lr=lr,
-                    batch_size=batch_size,
-                    seed=seed,
-                    steps=steps,
-                    journal=journal,
-                    progress=progress,
-                )
-        finally:
-            journal.close()
-        c = fit.to_curve("curve")
-        results["curve"] = c
-        files += _save_result(c, out, "curve")
-        lines.append(_barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
-        extra["barrier_curve"] = fit.meta["barrier"]["curve"]
-    _record(out, "connect", args, results, files, t0, **extra, **_provenance(la))
-    _echo([*lines, f"wrote {out}/ ({len(files)} files)"])
+    with RunFolder("connect", args, t0=t0) as run:
+        land = build_landscape(model, example, device)
+        la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
+        for end in (la, lb):
+            check_theta0(end)
+        a, b = la.point(), lb.point()
+        with progress_bar("straight path") as progress:
+            progress(0, 1)
+            line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
+            progress(1, 1)
+        run.save(line, "path")
+        lines = [barrier_line("straight", line.meta["barrier"])]
+        run.note(barrier_line=line.meta["barrier"])
+        if curve is not CurveOpt.none:
+            fp = {
+                "command": "connect",
+                "model": model,
+                "example": example,
+                "curve": curve.value,
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+                "seed": seed,
+                "a": hash_tensors(a),
+                "b": hash_tensors(b),
+                "data": data_hash(land),
+            }
+            fit = _fit_curve(run, la, a, b, fp, args)
+            run.save(fit.to_curve("curve"), "curve")
+            lines.append(barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
+            run.note(barrier_curve=fit.meta["barrier"]["curve"])
+        run.provenance(la)
+        run.summary = [*lines, f"wrote {run.out}/ ({len(run.files)} files)"]
+
+
+def _fit_curve(
+    run: RunFolder, la: Any, a: Any, b: Any, fp: dict[str, Any], args: dict[str, Any]
+) -> Any:
+    """The fitted curve (resumable: its journal holds each finished epoch)."""
+    import lossmap as lm
+
+    kind = args["curve"].value
+    with run.journal(fp) as journal, progress_bar(f"{kind} curve") as progress:
+        return lm.connect.curve(
+            la,
+            a,
+            b,
+            kind=kind,
+            epochs=args["epochs"],
+            lr=args["lr"],
+            batch_size=args["batch_size"],
+            seed=args["seed"],
+            steps=args["steps"],
+            journal=journal,
+            progress=progress,
+        )

@@ -15,22 +15,17 @@ from lossmap.cli._common import (
     OutOpt,
     RestartOpt,
     SeedOpt,
-    _barrier_line,
-    _data_hash,
-    _echo,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _record,
-    _save_result,
-    _summary_lines,
-    _write_rows,
     app,
+    barrier_line,
+    data_hash,
+    progress_bar,
+    summary_lines,
+    write_rows,
 )
 from lossmap.cli._load import build_landscape
-from lossmap.cli.hessian import _curvature, _curvature_lines, _write_curvature
-from lossmap.cli.sharpness import _sharpness, _sharpness_lines
+from lossmap.cli._run import RunFolder
+from lossmap.cli.hessian import curvature_lines, curvature_report, write_curvature
+from lossmap.cli.sharpness import sharpness_lines, sharpness_table
 
 
 @app.command()
@@ -52,104 +47,101 @@ def demo(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
-    typer.echo(f"lossmap demo: {example.value} example")
-    t = time.perf_counter()
-    land = build_landscape(None, example, device)
-    t_train = time.perf_counter() - t
-    typer.echo(f"  {land!r} ready in {t_train:.1f} s")
-    d1: Any
-    d2: Any
-    plane_span: Any
+    with RunFolder("demo", args, t0=t0) as run:
+        typer.echo(f"lossmap demo: {example.value} example")
+        t = time.perf_counter()
+        land = build_landscape(None, example, device)
+        t_train = time.perf_counter() - t
+        typer.echo(f"  {land!r} ready in {t_train:.1f} s")
+        d_line, d1, d2, line_span, plane_span, plane_steps = _views(land, example, steps, seed)
+        fp = {
+            "command": "demo",
+            "example": example.value,
+            "steps": steps,
+            "seed": seed,
+            "theta0": hash_tensors(land._params0),
+            "data": data_hash(land),
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal:
+            with progress_bar("line") as progress:
+                c = lm.line(
+                    land, d_line, span=line_span, steps=51, progress=progress, journal=journal
+                )
+            with progress_bar("plane") as progress:
+                s = lm.plane(
+                    land,
+                    d1,
+                    d2,
+                    span=plane_span,
+                    steps=plane_steps,
+                    progress=progress,
+                    journal=journal,
+                )
+        run.save(c, "line")
+        run.save(s, "surface")
+        sd, rows = curvature_report(
+            land,
+            k=5,
+            bottom_k=1,
+            trace_method="xtrace",
+            trace_matvecs=90,
+            steps=100,
+            probes=1,
+            seed=seed,
+        )
+        run.add(write_curvature(sd, rows, run.out))
+        sharp = sharpness_table(
+            land, eps=1e-3, rho=0.05, sigma=0.01, adaptive_sigma=0.1, samples=100, seed=seed
+        )
+        run.add([write_rows(sharp, run.out / "sharpness.csv")])
+        path_lines = _path_to_another_seed(run, land, seed) if example is Example.digits else []
+        run.note(curvature={"summary": sd.meta, "eigenvalues": rows}, sharpness=sharp)
+        run.provenance(land, fp)
+        eng = s.meta["engine"]
+        files = run.files
+        written = ", ".join(sorted({f.name for f in files if f.suffix in (".h5", ".csv")}))
+        run.summary = [
+            *summary_lines(c, "line"),
+            *summary_lines(s, "plane"),
+            *curvature_lines(sd),
+            *sharpness_lines(sharp),
+            *path_lines,
+            f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
+            f"  wrote {run.out}/: {written}, {sum(f.suffix == '.png' for f in files)} figures "
+            "(png+pdf), run.json",
+            f"  total {time.perf_counter() - t0:.1f} s",
+        ]
+
+
+def _views(land: Any, example: Example, steps: int, seed: int) -> tuple[Any, ...]:
+    """The line's direction, the plane's two, their spans and the plane's steps: the
+    parameters themselves for the two-parameter linear model, random directions else."""
+    import lossmap as lm
+
     if example is Example.linear:
-        d_line: Any = "bias"
-        d1, d2 = "weight", "bias"
-        line_span, plane_span, plane_steps = (
+        return (
+            "bias",
+            "weight",
+            "bias",
             (1.0, 3.0),
             [(0.0, 6.0), (-1.0, 5.0)],
             101 if steps == 41 else steps,
         )
-    elif example is Example.logistic:
+    if example is Example.logistic:
         d1, d2 = lm.directions.random(land, 2, normalization="unit", ignore=(), seed=seed)
-        d_line, line_span, plane_span, plane_steps = d1, (-1.5, 1.5), 1.5, steps
-    else:
-        d1, d2 = lm.directions.random(land, 2, normalization="filter", seed=seed)
-        d_line, line_span, plane_span, plane_steps = d1, (-1.0, 1.0), 1.0, steps
-    fp = {
-        "command": "demo",
-        "example": example.value,
-        "steps": steps,
-        "seed": seed,
-        "theta0": hash_tensors(land._params0),
-        "data": _data_hash(land),
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, restart)
-    try:
-        with _progress("line") as progress:
-            c = lm.line(land, d_line, span=line_span, steps=51, progress=progress, journal=journal)
-        with _progress("plane") as progress:
-            s = lm.plane(
-                land,
-                d1,
-                d2,
-                span=plane_span,
-                steps=plane_steps,
-                progress=progress,
-                journal=journal,
-            )
-    finally:
-        journal.close()
-    files = _save_result(c, out, "line") + _save_result(s, out, "surface")
-    sd, rows = _curvature(
-        land,
-        k=5,
-        bottom_k=1,
-        trace_method="xtrace",
-        trace_matvecs=90,
-        steps=100,
-        probes=1,
-        seed=seed,
-    )
-    files += _write_curvature(sd, rows, out)
-    sharp = _sharpness(
-        land, eps=1e-3, rho=0.05, sigma=0.01, adaptive_sigma=0.1, samples=100, seed=seed
-    )
-    files.append(_write_rows(sharp, out / "sharpness.csv"))
-    results: dict[str, Any] = {"line": c, "surface": s}
-    path_lines: list[str] = []
-    if example is Example.digits:
-        # Two minima: this seed's and the next one's; the straight path between them.
-        other = lm.examples.digits_mlp(seed=seed + 1)
-        b = land.at(dict(other.model.state_dict())).point()
-        with _progress("path to another seed") as progress:
-            path = lm.connect.linear(land, land.point(), b, steps=41, progress=progress)
-        files += _save_result(path, out, "path")
-        results["path"] = path
-        path_lines = [_barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]
-    _record(
-        out,
-        "demo",
-        args,
-        results,
-        files,
-        t0,
-        curvature={"summary": sd.meta, "eigenvalues": rows},
-        sharpness=sharp,
-        **_provenance(land, fp),
-    )
-    eng = s.meta["engine"]
-    written = ", ".join(sorted({f.name for f in files if f.suffix in (".h5", ".csv")}))
-    _echo(
-        [
-            *_summary_lines(c, "line"),
-            *_summary_lines(s, "plane"),
-            *_curvature_lines(sd),
-            *_sharpness_lines(sharp),
-            *path_lines,
-            f"  engine: {eng['strategy']} ({eng['ms_per_point']:.3g} ms/point; {eng.get('reason', '')})",
-            f"  wrote {out}/: {written}, {sum(f.suffix == '.png' for f in files)} figures "
-            "(png+pdf), run.json",
-            f"  total {time.perf_counter() - t0:.1f} s",
-        ]
-    )
+        return d1, d1, d2, (-1.5, 1.5), 1.5, steps
+    d1, d2 = lm.directions.random(land, 2, normalization="filter", seed=seed)
+    return d1, d1, d2, (-1.0, 1.0), 1.0, steps
+
+
+def _path_to_another_seed(run: RunFolder, land: Any, seed: int) -> list[str]:
+    """Two minima, this seed's and the next one's: the straight path between them."""
+    import lossmap as lm
+
+    other = lm.examples.digits_mlp(seed=seed + 1)
+    b = land.at(dict(other.model.state_dict())).point()
+    with progress_bar("path to another seed") as progress:
+        path = lm.connect.linear(land, land.point(), b, steps=41, progress=progress)
+    run.save(path, "path")
+    return [barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]

@@ -20,22 +20,18 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _data_hash,
-    _echo,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _sha256,
-    _versions,
-    _write_json,
-    _write_rows,
     app,
+    data_hash,
+    file_sha256,
+    library_versions,
+    progress_bar,
+    write_rows,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
-def _curvature(
+def curvature_report(
     land: Any,
     *,
     k: int,
@@ -56,7 +52,7 @@ def _curvature(
     t0 = time.perf_counter()
     op = H.HessianOperator(land)
     k = min(k, land.num_parameters)
-    with _progress("curvature") as progress:
+    with progress_bar("curvature") as progress:
         progress(0, 4)
         top = H.eigenvalues(op, k, which="LA", seed=seed)
         progress(1, 4)
@@ -92,21 +88,21 @@ def _curvature(
             "seconds": time.perf_counter() - t0,
             "n_parameters": land.num_parameters,
             "dataset": land.default_dataset,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
     )
     return sd, rows
 
 
-def _write_curvature(sd: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def write_curvature(sd: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     from lossmap import plot as lplot
 
-    files = [sd.save(out / "spectrum.h5"), _write_rows(rows, out / "eigenvalues.csv")]
+    files = [sd.save(out / "spectrum.h5"), write_rows(rows, out / "eigenvalues.csv")]
     files += lplot.figures(sd, out)
     return files
 
 
-def _curvature_lines(sd: Any) -> list[str]:
+def curvature_lines(sd: Any) -> list[str]:
     m = sd.meta
     fmt = ", ".join(f"{v:.4g}" for v in m["top"])
     return [
@@ -143,55 +139,41 @@ def hessian(
         raise CliError(
             f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
         )
-    out = _prepare_out(out)
-    land = with_checkpoint(
-        build_landscape(model, example, device),
-        checkpoint,
-        key=checkpoint_key,
-        trust=trust_checkpoint,
-    )
-    _check_theta0(land)
-    if k > land.num_parameters:
-        raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
-    from lossmap.store import hash_tensors
-
-    fp = {
-        "command": "hessian",
-        "model": model,
-        "example": example,
-        "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
-        "theta0": hash_tensors(land._params0),
-        "data": _data_hash(land),
-        "density_steps": density_steps,
-        "seed": seed,
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, restart)
-    try:
-        sd, rows = _curvature(
-            land,
-            k=k,
-            trace_method=trace_method,
-            trace_matvecs=trace_matvecs,
-            steps=density_steps,
-            probes=probes,
-            seed=seed,
-            journal=journal,
+    with RunFolder("hessian", args, t0=t0) as run:
+        land = with_checkpoint(
+            build_landscape(model, example, device),
+            checkpoint,
+            key=checkpoint_key,
+            trust=trust_checkpoint,
         )
-    finally:
-        journal.close()
-    files = _write_curvature(sd, rows, out)
-    _write_json(
-        out / "run.json",
-        {
+        check_theta0(land)
+        if k > land.num_parameters:
+            raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
+        from lossmap.store import hash_tensors
+
+        fp = {
             "command": "hessian",
-            "arguments": args,
-            "versions": _versions(),
-            "seconds": time.perf_counter() - t0,
-            "curvature": sd.meta,
-            "eigenvalues": rows,
-            "files": sorted(str(f.relative_to(out)) for f in files),
-            **_provenance(land, fp),
-        },
-    )
-    _echo([*_curvature_lines(sd), f"wrote {out}/ ({len(files)} files)"])
+            "model": model,
+            "example": example,
+            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+            "theta0": hash_tensors(land._params0),
+            "data": data_hash(land),
+            "density_steps": density_steps,
+            "seed": seed,
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal:
+            sd, rows = curvature_report(
+                land,
+                k=k,
+                trace_method=trace_method,
+                trace_matvecs=trace_matvecs,
+                steps=density_steps,
+                probes=probes,
+                seed=seed,
+                journal=journal,
+            )
+        run.add(write_curvature(sd, rows, run.out))
+        run.note(curvature=sd.meta, eigenvalues=rows)
+        run.provenance(land, fp, after_files=True)
+        run.summary = [*curvature_lines(sd), f"wrote {run.out}/ ({len(run.files)} files)"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lossmap.cli._common import CliError, LogOpt, _echo, _prepare_out, app
+from lossmap.cli._common import CliError, LogOpt, app, echo, prepare_out
 
 
 @app.command()
@@ -27,6 +27,6 @@ def plot(
         r = lm.load(result)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
-    folder = _prepare_out(out or result.parent)
+    folder = prepare_out(out or result.parent)
     files = lplot.figures(r, folder, prefix=f"{result.stem}_", log=log)
-    _echo([f"wrote {len(files)} figures to {folder}/"])
+    echo([f"wrote {len(files)} figures to {folder}/"])

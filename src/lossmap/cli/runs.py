@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lossmap.cli._common import CliError, _alive, _echo, _human, app
+from lossmap.cli._common import CliError, app, echo, human_time, pid_alive
 
 
 @app.command()
@@ -34,7 +34,7 @@ def status(
         run_id = j.run_id
     views = {k: v for k, v in prog.items() if k != "units"}
     complete = _results_written(run_dir, run_id)
-    alive = not complete and _alive(pid)
+    alive = not complete and pid_alive(pid)
     state = "complete" if complete else ("running" if alive else "interrupted")
     lines = [f"{run_dir}: {fp.get('command', '?')} run, {state}"]
     for name, v in views.items():
@@ -45,8 +45,8 @@ def status(
         lines.append(
             f"  {name}: {v['done']:,}/{v['total']:,} points ({pct:.1f} %)"
             + (f", {rate:,.3g} points/s" if rate else "")
-            + (f", ETA {_human(eta)}" if eta and state == "running" else "")
-            + (f", last write {_human(ago)} ago" if ago is not None else "")
+            + (f", ETA {human_time(eta)}" if eta and state == "running" else "")
+            + (f", last write {human_time(ago)} ago" if ago is not None else "")
         )
     if "units" in prog:
         lines.append(
@@ -56,7 +56,7 @@ def status(
         lines.append("  every point is done but the results were not all written")
     if state == "interrupted":
         lines.append("  re-run the same command with the same --out to resume")
-    _echo(lines)
+    echo(lines)
 
 
 def _results_written(run_dir: Path, run_id: str | None) -> bool:
@@ -146,6 +146,37 @@ def _parse_recorded(argv: list[str], record: Path) -> dict[str, Any]:
     return dict(ctx.params)
 
 
+def _compare(run_dir: Path, target: Path, files: Any) -> tuple[list[str], float]:
+    """Each result file run.json lists, in ``run_dir`` against its repetition in ``target``:
+    a line per statistic that differs, and the largest relative difference (0: none)."""
+    import numpy as np
+
+    import lossmap as lm
+
+    lines, worst = [], 0.0
+    for name in files if isinstance(files, list) else []:
+        if not isinstance(name, str) or not name.endswith(".h5") or Path(name).name != name:
+            continue  # only result files inside the run folder
+        try:
+            a, b = lm.load(run_dir / name), lm.load(target / name)
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(str(e)) from None
+        va = getattr(a, "values", None) or {"density": a.density}  # type: ignore[union-attr]
+        vb = getattr(b, "values", None) or {"density": b.density}  # type: ignore[union-attr]
+        for k in va:
+            x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
+            if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
+                continue
+            if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
+                rel = math.inf
+            else:
+                ok = ~np.isnan(x)
+                rel = float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)))
+            worst = max(worst, rel)
+            lines.append(f"  {name} {k}: max relative difference {rel:.3g}")
+    return lines, worst
+
+
 @app.command()
 def rerun(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
@@ -172,10 +203,8 @@ def rerun(
     A run folder is data: rerun runs from your own working directory (never the recorded
     one), and imports a --model or unpickles with --trust-checkpoint only when you repeat
     that option here."""
-    import numpy as np
 
-    import lossmap as lm
-    from lossmap.cli._common import _RUN
+    from lossmap.cli._common import CURRENT_RUN
 
     record = run_dir / "run.json"
     if not record.is_file():
@@ -214,38 +243,17 @@ def rerun(
             f"rerun it only if you trust them, by repeating: lossmap rerun {run_dir} "
             "--trust-checkpoint"
         )
-    _RUN["argv"] = list(argv)  # the repeated run records its own command, not "rerun"
+    CURRENT_RUN["argv"] = list(argv)  # the repeated run records its own command, not "rerun"
     rc = app(args=argv, standalone_mode=False)
     if isinstance(rc, int) and rc:
         raise typer.Exit(rc)
-    lines, worst = [], 0.0
-    files = info.get("files")
-    for name in files if isinstance(files, list) else []:
-        if not isinstance(name, str) or not name.endswith(".h5") or Path(name).name != name:
-            continue  # only result files inside the run folder
-        try:
-            a, b = lm.load(run_dir / name), lm.load(target / name)
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(str(e)) from None
-        va = getattr(a, "values", None) or {"density": a.density}  # type: ignore[union-attr]
-        vb = getattr(b, "values", None) or {"density": b.density}  # type: ignore[union-attr]
-        for k in va:
-            x, y = np.asarray(va[k]), np.asarray(vb.get(k, np.array([])))
-            if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
-                continue
-            if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
-                rel = math.inf
-            else:
-                ok = ~np.isnan(x)
-                rel = float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)))
-            worst = max(worst, rel)
-            lines.append(f"  {name} {k}: max relative difference {rel:.3g}")
+    lines, worst = _compare(run_dir, target, info.get("files"))
     if worst == 0.0:
         verdict = "every value matches bit for bit"
     elif worst <= 1e-5:
         verdict = f"values match to rounding (max relative difference {worst:.2g})"
     else:
         verdict = "values DIFFER (see above)"
-    _echo([*lines, f"rerun of {run_dir}: {verdict}"])
+    echo([*lines, f"rerun of {run_dir}: {verdict}"])
     if worst > 1e-5:
         raise typer.Exit(1)

@@ -21,18 +21,13 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _data_hash,
-    _echo,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _versions,
-    _write_json,
-    _write_rows,
     app,
+    data_hash,
+    progress_bar,
+    write_rows,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
 class _Prefixed:
@@ -48,7 +43,7 @@ class _Prefixed:
         self.journal.put(self.prefix + key, value)
 
 
-def _sharpness(
+def sharpness_table(
     land: Any,
     *,
     eps: float,
@@ -75,7 +70,7 @@ def _sharpness(
         row["seconds"] = float(getattr(r, "seconds", float("nan")))
         rows.append(row)
 
-    with _progress("sharpness") as progress:
+    with progress_bar("sharpness") as progress:
         progress(0, 5)
         top = eigenvalues(land, 1, tol=1e-6, seed=seed)
         rows.append(
@@ -128,7 +123,7 @@ def _sharpness(
     return rows
 
 
-def _sharpness_lines(rows: list[dict[str, Any]]) -> list[str]:
+def sharpness_lines(rows: list[dict[str, Any]]) -> list[str]:
     out = ["  sharpness (train loss):"]
     for r in rows:
         err = f" ± {r['stderr']:.2g}" if r["stderr"] == r["stderr"] else ""
@@ -167,55 +162,43 @@ def sharpness_cmd(
         raise CliError(f"--adaptive-sigma must be positive, got {adaptive_sigma}; e.g. 0.1")
     if samples < 2:
         raise CliError(f"--samples must be at least 2 (got {samples}) for a standard error")
-    out = _prepare_out(out)
-    land = with_checkpoint(
-        build_landscape(model, example, device),
-        checkpoint,
-        key=checkpoint_key,
-        trust=trust_checkpoint,
-    )
-    _check_theta0(land)
-    fp = {
-        "command": "sharpness",
-        "model": model,
-        "example": example,
-        "sigma": sigma,
-        "adaptive_sigma": adaptive_sigma,
-        "seed": seed,
-        "theta0": hash_tensors(land._params0),
-        "data": _data_hash(land),
-    }
-    journal = _open_journal(out, fp, restart)
-    deltas: dict[str, Any] = {}
-    try:
-        rows = _sharpness(
-            land,
-            eps=eps,
-            rho=rho,
-            sigma=sigma,
-            adaptive_sigma=adaptive_sigma,
-            samples=samples,
-            seed=seed,
-            journal=journal,
-            deltas=deltas,
+    with RunFolder("sharpness", args, t0=t0) as run:
+        land = with_checkpoint(
+            build_landscape(model, example, device),
+            checkpoint,
+            key=checkpoint_key,
+            trust=trust_checkpoint,
         )
-    finally:
-        journal.close()
-    files = [_write_rows(rows, out / "sharpness.csv")]
-    files += _worst_case_figure(land, deltas, out, seed)
-    _write_json(
-        out / "run.json",
-        {
+        check_theta0(land)
+        fp = {
             "command": "sharpness",
-            "arguments": args,
-            "versions": _versions(),
-            "seconds": time.perf_counter() - t0,
-            "sharpness": rows,
-            "files": sorted(str(f.relative_to(out)) for f in files),
-            **_provenance(land, fp),
-        },
-    )
-    _echo([*_sharpness_lines(rows), f"wrote {out}/ ({len(files) + 1} files)"])
+            "model": model,
+            "example": example,
+            "sigma": sigma,
+            "adaptive_sigma": adaptive_sigma,
+            "seed": seed,
+            "theta0": hash_tensors(land._params0),
+            "data": data_hash(land),
+        }
+        deltas: dict[str, Any] = {}
+        with run.journal(fp) as journal:
+            rows = sharpness_table(
+                land,
+                eps=eps,
+                rho=rho,
+                sigma=sigma,
+                adaptive_sigma=adaptive_sigma,
+                samples=samples,
+                seed=seed,
+                journal=journal,
+                deltas=deltas,
+            )
+        run.add([write_rows(rows, run.out / "sharpness.csv")])
+        run.add(_worst_case_figure(land, deltas, run.out, seed))
+        run.note(sharpness=rows)
+        run.provenance(land, fp, after_files=True)
+        # This count, unlike the other commands', includes run.json.
+        run.summary = [*sharpness_lines(rows), f"wrote {run.out}/ ({len(run.files) + 1} files)"]
 
 
 def _worst_case_figure(land: Any, deltas: dict[str, Any], out: Path, seed: int) -> list[Path]:

@@ -28,21 +28,16 @@ from lossmap.cli._common import (
     Strategy,
     StrategyOpt,
     TrustOpt,
-    _check_budget,
-    _data_hash,
-    _directions,
-    _echo,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _record,
-    _save_result,
-    _sha256,
-    _summary_lines,
     app,
+    check_budget,
+    data_hash,
+    file_sha256,
+    progress_bar,
+    random_directions,
+    summary_lines,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
 def _random_slice(view: str, args: dict[str, Any]) -> None:
@@ -53,51 +48,44 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     n = 1 if view == "line" else 2
     lm.slices.parse_span(args["span"], n)
-    out = _prepare_out(args["out"])
-    land = with_checkpoint(
-        build_landscape(args["model"], args["example"], args["device"]),
-        args["checkpoint"],
-        key=args["checkpoint_key"],
-        trust=args["trust_checkpoint"],
-    )
-    dirs = _directions(land, n, args["normalization"], args["ignore"], args["seed"])
-    _check_budget(args["steps"], n, _check_theta0(land), args["max_hours"])
-    fp = {
-        "command": view,
-        **{
-            k: args[k]
-            for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
-        },
-        "strategy": args["strategy"].value,
-        "checkpoint_sha256": _sha256(args["checkpoint"]) if args["checkpoint"] else None,
-        "theta0": hash_tensors(land._params0),
-        "directions": hash_tensors([t for d in dirs for t in d.values()]),
-        "data": _data_hash(land),
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, args["restart"])
-    kw = {
-        "span": args["span"],
-        "steps": args["steps"],
-        "strategy": args["strategy"].value,
-        "chunk_size": args["chunk_size"],
-        "journal": journal,
-    }
-    try:
-        with _progress(view) as progress:
-            r = (
-                lm.line(land, dirs[0], progress=progress, **kw)
-                if n == 1
-                else lm.plane(land, *dirs, progress=progress, **kw)
-            )
-    finally:
-        journal.close()
-    name = "line" if n == 1 else "surface"
-    files = _save_result(r, out, name, log=args["log"])
-    _record(out, view, args, {name: r}, files, t0, **_provenance(land, fp))
-    resumed = r.meta["engine"].get("resumed_points", 0)
-    note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
-    _echo([*_summary_lines(r, view), *note, f"wrote {out}/ ({len(files)} files)"])
+    with RunFolder(view, args, t0=t0) as run:
+        land = with_checkpoint(
+            build_landscape(args["model"], args["example"], args["device"]),
+            args["checkpoint"],
+            key=args["checkpoint_key"],
+            trust=args["trust_checkpoint"],
+        )
+        dirs = random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
+        check_budget(args["steps"], n, check_theta0(land), args["max_hours"])
+        fp = {
+            "command": view,
+            **{
+                k: args[k]
+                for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
+            },
+            "strategy": args["strategy"].value,
+            "checkpoint_sha256": file_sha256(args["checkpoint"]) if args["checkpoint"] else None,
+            "theta0": hash_tensors(land._params0),
+            "directions": hash_tensors([t for d in dirs for t in d.values()]),
+            "data": data_hash(land),
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal, progress_bar(view) as progress:
+            kw = {
+                "span": args["span"],
+                "steps": args["steps"],
+                "strategy": args["strategy"].value,
+                "chunk_size": args["chunk_size"],
+                "journal": journal,
+                "progress": progress,
+            }
+            r = lm.line(land, dirs[0], **kw) if n == 1 else lm.plane(land, *dirs, **kw)
+        name = "line" if n == 1 else "surface"
+        run.save(r, name, log=args["log"])
+        run.provenance(land, fp)
+        resumed = r.meta["engine"].get("resumed_points", 0)
+        note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
+        run.summary = [*summary_lines(r, view), *note, f"wrote {run.out}/ ({len(run.files)} files)"]
 
 
 # ---------------------------------------------------------------- commands
@@ -174,26 +162,24 @@ def interpolate(
     t0 = time.perf_counter()
     args = dict(locals())
     lm.slices.parse_span(span, 1)
-    out = _prepare_out(out)
-    land = build_landscape(model, example, device)
-    la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
-    lb = with_checkpoint(land, checkpoint_b, key=checkpoint_key, trust=trust_checkpoint)
-    _check_budget(steps, 1, max(_check_theta0(la), _check_theta0(lb)), max_hours)
-    fp = {
-        "command": "interpolate",
-        "model": model,
-        "example": example,
-        "span": span,
-        "steps": steps,
-        "strategy": strategy.value,
-        "checkpoint_sha256": [_sha256(checkpoint_a), _sha256(checkpoint_b)],
-        "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
-        "data": _data_hash(land),
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, restart)
-    try:
-        with _progress("interpolate") as progress:
+    with RunFolder("interpolate", args, t0=t0) as run:
+        land = build_landscape(model, example, device)
+        la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
+        lb = with_checkpoint(land, checkpoint_b, key=checkpoint_key, trust=trust_checkpoint)
+        check_budget(steps, 1, max(check_theta0(la), check_theta0(lb)), max_hours)
+        fp = {
+            "command": "interpolate",
+            "model": model,
+            "example": example,
+            "span": span,
+            "steps": steps,
+            "strategy": strategy.value,
+            "checkpoint_sha256": [file_sha256(checkpoint_a), file_sha256(checkpoint_b)],
+            "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
+            "data": data_hash(land),
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal, progress_bar("interpolate") as progress:
             c = lm.interpolate(
                 la,
                 la.point(),
@@ -205,8 +191,6 @@ def interpolate(
                 chunk_size=chunk_size,
                 journal=journal,
             )
-    finally:
-        journal.close()
-    files = _save_result(c, out, "path", log=log)
-    _record(out, "interpolate", args, {"path": c}, files, t0, **_provenance(la, fp))
-    _echo([*_summary_lines(c, "path"), f"wrote {out}/ ({len(files)} files)"])
+        run.save(c, "path", log=log)
+        run.provenance(la, fp)
+        run.summary = [*summary_lines(c, "path"), f"wrote {run.out}/ ({len(run.files)} files)"]

@@ -23,20 +23,15 @@ from lossmap.cli._common import (
     RestartOpt,
     SeedOpt,
     TrustOpt,
-    _check_budget,
-    _data_hash,
-    _echo,
-    _ignore,
-    _open_journal,
-    _prepare_out,
-    _progress,
-    _provenance,
-    _record,
-    _save_result,
-    _summary_lines,
     app,
+    check_budget,
+    data_hash,
+    parse_ignore,
+    progress_bar,
+    summary_lines,
 )
-from lossmap.cli._load import _check_theta0, build_landscape, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._run import RunFolder
 
 
 def _digits_trajectory(land: Any, epochs: int, seed: int) -> tuple[list[Any], list[float]]:
@@ -92,8 +87,53 @@ def trajectory_cmd(
 
     t0 = time.perf_counter()
     args = dict(locals())
-    out = _prepare_out(out)
-    land = build_landscape(model, example, device)
+    with RunFolder("trajectory", args, t0=t0) as run:
+        land = build_landscape(model, example, device)
+        cps, labels, final = _checkpoints(land, args)
+        from lossmap.directions import ignored_names
+
+        ignored_names(final, parse_ignore(ignore))  # a typo is refused before the journal is opened
+        check_budget(steps, 2, check_theta0(final), max_hours)
+        from lossmap.store import hash_tensors
+
+        fp = {
+            "command": "trajectory",
+            "model": model,
+            "example": example,
+            "steps": steps,
+            "ignore": ignore,
+            "checkpoints": hash_tensors([t for c in cps for t in c.values()]),
+            "data": data_hash(land),
+            "device": str(land.device),
+        }
+        with run.journal(fp) as journal, progress_bar("trajectory plane") as progress:
+            surf, coords = trajectory.pca_plane(
+                final,
+                cps,
+                steps=steps,
+                ignore=parse_ignore(ignore),
+                labels=labels,
+                progress=progress,
+                journal=journal,
+            )
+        run.save(surf, "surface", log=log)
+        fig = lplot.trajectory(surf, log=log)
+        run.add(lplot.save(fig, run.out / "trajectory"))
+        run.provenance(final)
+        ev = surf.meta["trajectory"]["explained_variance_ratio"]
+        run.summary = [
+            f"  {len(cps)} checkpoints; PC1 {100 * ev[0]:.1f} %, PC2 {100 * ev[1]:.1f} % of the "
+            "path's variance",
+            f"  start at ({coords[0, 0]:.3g}, {coords[0, 1]:.3g}), final at (0, 0)",
+            *summary_lines(surf, "plane"),
+            f"wrote {run.out}/ ({len(run.files)} files, trajectory.png)",
+        ]
+
+
+def _checkpoints(land: Any, args: dict[str, Any]) -> tuple[list[Any], list[float], Any]:
+    """The path's checkpoints, their labels, and the final point as a landscape: the
+    checkpoints given, or (built-in digits) a training run recorded epoch by epoch."""
+    checkpoints = args["checkpoints"]
     if checkpoints:
         if len(checkpoints) < 2:
             raise CliError(
@@ -101,60 +141,13 @@ def trajectory_cmd(
                 "checkpoints saved during training, in order"
             )
         lands = [
-            with_checkpoint(land, path, key=checkpoint_key, trust=trust_checkpoint)
+            with_checkpoint(land, path, key=args["checkpoint_key"], trust=args["trust_checkpoint"])
             for path in checkpoints
         ]
-        cps = [la._params0 for la in lands]
-        labels = [float(i) for i in range(len(cps))]
         # The last checkpoint as saved: its parameters and its buffers (BatchNorm
         # statistics), not the parameters alone, which land.at refuses on such models.
-        final = lands[-1]
-    elif example is Example.digits:
-        cps, labels = _digits_trajectory(land, epochs, seed)
-        final = land.at(dict(cps[-1]))
-    else:
-        raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")
-    from lossmap.directions import ignored_names
-
-    ignored_names(final, _ignore(ignore))  # a typo is refused before the journal is opened
-    _check_budget(steps, 2, _check_theta0(final), max_hours)
-    from lossmap.store import hash_tensors
-
-    fp = {
-        "command": "trajectory",
-        "model": model,
-        "example": example,
-        "steps": steps,
-        "ignore": ignore,
-        "checkpoints": hash_tensors([t for c in cps for t in c.values()]),
-        "data": _data_hash(land),
-        "device": str(land.device),
-    }
-    journal = _open_journal(out, fp, restart)
-    try:
-        with _progress("trajectory plane") as progress:
-            surf, coords = trajectory.pca_plane(
-                final,
-                cps,
-                steps=steps,
-                ignore=_ignore(ignore),
-                labels=labels,
-                progress=progress,
-                journal=journal,
-            )
-    finally:
-        journal.close()
-    files = _save_result(surf, out, "surface", log=log)
-    fig = lplot.trajectory(surf, log=log)
-    files += lplot.save(fig, out / "trajectory")
-    _record(out, "trajectory", args, {"surface": surf}, files, t0, **_provenance(final))
-    ev = surf.meta["trajectory"]["explained_variance_ratio"]
-    _echo(
-        [
-            f"  {len(cps)} checkpoints; PC1 {100 * ev[0]:.1f} %, PC2 {100 * ev[1]:.1f} % of the "
-            "path's variance",
-            f"  start at ({coords[0, 0]:.3g}, {coords[0, 1]:.3g}), final at (0, 0)",
-            *_summary_lines(surf, "plane"),
-            f"wrote {out}/ ({len(files)} files, trajectory.png)",
-        ]
-    )
+        return [la._params0 for la in lands], [float(i) for i in range(len(lands))], lands[-1]
+    if args["example"] is Example.digits:
+        cps, labels = _digits_trajectory(land, args["epochs"], args["seed"])
+        return cps, labels, land.at(dict(cps[-1]))
+    raise CliError("pass checkpoints (CKPT...) in training order, or use --example digits")

@@ -1,0 +1,114 @@
+"""Shared by the figure modules: axes and figures, titles and their notes, masking, the
+automatic log scale, axis labels from a result's direction metadata."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lossmap.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+    from matplotlib.transforms import Transform
+
+LOG_DECADES = 1.0
+"""``log=None`` considers a log scale when the positive values span this many decades."""
+
+
+def figure_of(ax: Axes) -> Figure:
+    """The top-level figure that holds ``ax`` (also inside a subfigure)."""
+    from matplotlib.figure import Figure
+
+    fig: Figure | SubFigure | None = ax.get_figure()
+    while fig is not None and not isinstance(fig, Figure):
+        fig = fig.figure if fig.figure is not fig else None
+    if fig is None:
+        raise ValueError("the axes given as ax= belong to no figure")
+    return fig
+
+
+def new_axes(ax: Axes | None, *, figsize: tuple[float, float] = (5.6, 4.4)) -> Axes:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, new = plt.subplots(figsize=figsize, layout="constrained")
+    return new
+
+
+def check_kind(result: object, cls: type, func: str, hint: str) -> None:
+    if not isinstance(result, cls):
+        raise TypeError(f"{func}() needs a {cls.__name__}, got {type(result).__name__}; {hint}")
+
+
+def key_title(key: str) -> str:
+    """``"train/loss"`` -> ``"train loss"``."""
+    return key.replace("/", " ")
+
+
+def mask_notes(n_nan: int, n_nonpos: int) -> list[str]:
+    notes = []
+    if n_nan:
+        notes.append(f"{n_nan} non-finite point{'s' * (n_nan != 1)} masked")
+    if n_nonpos:
+        notes.append(f"{n_nonpos} point{'s' * (n_nonpos != 1)} ≤ 0 masked (log scale)")
+    return notes
+
+
+def set_title_notes(ax: Axes, title: str, notes: Sequence[str], *, pad: float = 6.0) -> None:
+    ax.set_title("\n".join([title, "; ".join(notes)] if notes else [title]), pad=pad)
+
+
+def points_down(ax: Axes, points: float) -> Transform:
+    """A shift ``points`` typographic points downwards (for artists below the axes)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    return ScaledTranslation(0.0, -points / 72.0, figure_of(ax).dpi_scale_trans)
+
+
+def auto_log(values: np.ndarray, stat: str = "loss") -> bool:
+    """Whether ``log=None`` means a log scale for ``values`` (see the module docstring)."""
+    v = values[np.isfinite(values)]
+    if stat != "loss" or v.size == 0 or v.min() <= 0 or v.max() / v.min() < 10.0**LOG_DECADES:
+        return False
+    lo, hi, med = float(v.min()), float(v.max()), float(np.median(v))
+    mid_lin = (med - lo) / (hi - lo)
+    mid_log = math.log(med / lo) / math.log(hi / lo)
+    return abs(mid_log - 0.5) < abs(mid_lin - 0.5)
+
+
+def masked(values: np.ndarray, log: bool) -> tuple[np.ma.MaskedArray, int, int]:
+    """``values`` with NaN (and, for ``log``, values ``<= 0``) masked, and the two counts."""
+    z = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
+    n_nan = int(np.ma.count_masked(z))
+    n_nonpos = 0
+    if log:
+        z = np.ma.masked_less_equal(z, 0.0)
+        n_nonpos = int(np.ma.count_masked(z)) - n_nan
+    return z, n_nan, n_nonpos
+
+
+def direction_label(result: Result, i: int, symbol: str) -> str:
+    """Axis label from ``meta["directions"][i]`` (and ``meta["view"]``), else ``symbol``."""
+    if result.meta.get("view") == "interpolate":
+        return "t (0 = a, 1 = b)"
+    dirs = result.meta.get("directions")
+    d = dirs[i] if isinstance(dirs, list) and i < len(dirs) and isinstance(dirs[i], dict) else {}
+    kind = d.get("kind")
+    if kind == "axis":
+        return str(d.get("label") or d.get("parameter") or symbol)
+    if kind == "random":
+        norm = d.get("normalization")
+        return f"{symbol} (random, {norm}-normalised)" if norm not in (None, "none") else symbol
+    if kind == "between":
+        return f"{symbol} (b − a)"
+    return symbol
+
+
+def in_range(x: float, coords: np.ndarray) -> bool:
+    return bool(coords.size and coords.min() <= x <= coords.max())
