@@ -94,6 +94,10 @@ def test_every_command_writes_its_run_folder_through_run_folder(
         assert calls == [("enter", command), ("exit", command)], command
         record = json.loads((out / "run.json").read_text())
         assert record["written by RunFolder"] and record["command"] == command
+        # "arguments" holds the command's parameters and nothing else (issue #17: no
+        # local imports or timers recorded as arguments).
+        params = {q.name for q in typer.main.get_command(app).commands[command].params}  # type: ignore[attr-defined]
+        assert set(record["arguments"]) == params, (command, set(record["arguments"]) ^ params)
         assert all((out / f).is_file() for f in record["files"]), command
         assert f"{out}/" in stdout.splitlines()[-2 if command == "demo" else -1], command
 

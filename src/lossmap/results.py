@@ -30,11 +30,13 @@ __all__ = ["Curve", "Result", "Spectrum", "Surface", "broaden", "load"]
 FORMAT_VERSION = 1
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy/torch scalars and arrays, tuples and non-string keys turned into
+    what :func:`json.dumps` writes (metadata of results and run folders)."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
@@ -127,7 +129,7 @@ class Result:
         """Write coordinates and values (keys with ``/`` as ``__``) to ``.npz``."""
         path = Path(path)
         arrays = {**self.coords, **{k.replace("/", "__"): v for k, v in self.values.items()}}
-        arrays["meta"] = np.array(json.dumps(_jsonable(self.meta)))
+        arrays["meta"] = np.array(json.dumps(jsonable(self.meta)))
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
         return path
@@ -303,7 +305,7 @@ def _write_h5(
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["lossmap_kind"] = kind
         f.attrs["lossmap_format"] = FORMAT_VERSION
-        f.attrs["meta"] = json.dumps(_jsonable(meta))
+        f.attrs["meta"] = json.dumps(jsonable(meta))
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
         for gname, arrays in groups.items():

@@ -232,10 +232,10 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from lossmap.results import _jsonable, atomic_path
+    from lossmap.results import atomic_path, jsonable
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -340,8 +340,8 @@ def with_checkpoint(
             f"warning: loading {checkpoint} with full unpickling (--trust-checkpoint)", err=True
         )
     sd = load_checkpoint(checkpoint, key=key, trust=trust)
-    sd = _align_prefix(sd, set(land._params0) | set(land._fixed0))
-    _check_dtypes(sd, {**land._fixed0, **land._params0}, checkpoint)
+    sd = _align_prefix(sd, set(land.theta0) | set(land.fixed) | set(land.aliases))
+    _check_dtypes(sd, {**land.fixed, **land.theta0}, checkpoint)
     try:
         return land.at(sd)
     except ValueError as e:
@@ -356,7 +356,7 @@ def check_theta0(land: Any) -> float:
     """
     t = time.perf_counter()
     try:
-        vals = land.evaluate([land._params0], strategy="loop")
+        vals = land.evaluate([land.theta0], strategy="loop")
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail"
         raise CliError(

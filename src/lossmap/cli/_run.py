@@ -136,7 +136,7 @@ class RunFolder:
             "cwd": os.getcwd(),
             "run_id": CURRENT_RUN.get("run_id"),
             "device": str(land.device),
-            "theta0_sha256": fp.get("theta0") or hash_tensors(land._params0),
+            "theta0_sha256": fp.get("theta0") or hash_tensors(land.theta0),
             "data_sha256": fp.get("data") or data_hash(land),
             "fingerprint": fingerprint,
         }

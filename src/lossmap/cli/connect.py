@@ -98,11 +98,11 @@ def connect(
     With BatchNorm, the curve is fitted in train mode and each of its points is
     evaluated with statistics recomputed there; ``--reset-bn`` does the same for the
     straight path (otherwise it uses the landscape's statistics at every t)."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     import lossmap as lm
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
-    args = dict(locals())
     with RunFolder("connect", args, t0=t0) as run:
         land = build_landscape(model, example, device)
         la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)

@@ -42,11 +42,11 @@ def demo(
     restart: RestartOpt = False,
 ) -> None:
     """The main job on a built-in problem: train, a line and a plane, files, figures, summary."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     import lossmap as lm
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
-    args = dict(locals())
     with RunFolder("demo", args, t0=t0) as run:
         typer.echo(f"lossmap demo: {example.value} example")
         t = time.perf_counter()
@@ -59,7 +59,7 @@ def demo(
             "example": example.value,
             "steps": steps,
             "seed": seed,
-            "theta0": hash_tensors(land._params0),
+            "theta0": hash_tensors(land.theta0),
             "data": data_hash(land),
             "device": str(land.device),
         }

@@ -133,8 +133,8 @@ def hessian(
     restart: RestartOpt = False,
 ) -> None:
     """Curvature at θ0: extreme Hessian eigenvalues, trace and eigenvalue density."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     t0 = time.perf_counter()
-    args = dict(locals())
     if trace_method not in ("xtrace", "hutch++", "hutchinson"):
         raise CliError(
             f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
@@ -156,7 +156,7 @@ def hessian(
             "model": model,
             "example": example,
             "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-            "theta0": hash_tensors(land._params0),
+            "theta0": hash_tensors(land.theta0),
             "data": data_hash(land),
             "density_steps": density_steps,
             "seed": seed,

@@ -151,10 +151,10 @@ def sharpness_cmd(
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """How sharp is the minimum: λ_max, ε-sharpness, adaptive and average sharpness."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
-    args = dict(locals())
     for name, v in (("--eps", eps), ("--rho", rho), ("--sigma", sigma)):
         if not v > 0 or not math.isfinite(v):
             raise CliError(f"{name} must be a positive number, got {v}; e.g. {name} 0.001")
@@ -177,7 +177,7 @@ def sharpness_cmd(
             "sigma": sigma,
             "adaptive_sigma": adaptive_sigma,
             "seed": seed,
-            "theta0": hash_tensors(land._params0),
+            "theta0": hash_tensors(land.theta0),
             "data": data_hash(land),
         }
         deltas: dict[str, Any] = {}

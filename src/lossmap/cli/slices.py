@@ -65,7 +65,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
             },
             "strategy": args["strategy"].value,
             "checkpoint_sha256": file_sha256(args["checkpoint"]) if args["checkpoint"] else None,
-            "theta0": hash_tensors(land._params0),
+            "theta0": hash_tensors(land.theta0),
             "directions": hash_tensors([t for d in dirs for t in d.values()]),
             "data": data_hash(land),
             "device": str(land.device),
@@ -156,11 +156,11 @@ def interpolate(
     max_hours: MaxHoursOpt = 24.0,
 ) -> None:
     """The loss on the straight line between two checkpoints (t from span[0] to span[1])."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     import lossmap as lm
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
-    args = dict(locals())
     lm.slices.parse_span(span, 1)
     with RunFolder("interpolate", args, t0=t0) as run:
         land = build_landscape(model, example, device)
@@ -175,7 +175,7 @@ def interpolate(
             "steps": steps,
             "strategy": strategy.value,
             "checkpoint_sha256": [file_sha256(checkpoint_a), file_sha256(checkpoint_b)],
-            "theta": [hash_tensors(la._params0), hash_tensors(lb._params0)],
+            "theta": [hash_tensors(la.theta0), hash_tensors(lb.theta0)],
             "data": data_hash(land),
             "device": str(land.device),
         }

@@ -82,11 +82,11 @@ def trajectory_cmd(
     max_hours: MaxHoursOpt = 24.0,
 ) -> None:
     """A training path on the plane of its top two principal directions (Li et al. 2018)."""
+    args = dict(locals())  # the parameters alone: first, before any local name
     from lossmap import plot as lplot
     from lossmap import trajectory
 
     t0 = time.perf_counter()
-    args = dict(locals())
     with RunFolder("trajectory", args, t0=t0) as run:
         land = build_landscape(model, example, device)
         cps, labels, final = _checkpoints(land, args)
@@ -144,9 +144,14 @@ def _checkpoints(land: Any, args: dict[str, Any]) -> tuple[list[Any], list[float
             with_checkpoint(land, path, key=args["checkpoint_key"], trust=args["trust_checkpoint"])
             for path in checkpoints
         ]
-        # The last checkpoint as saved: its parameters and its buffers (BatchNorm
-        # statistics), not the parameters alone, which land.at refuses on such models.
-        return [la._params0 for la in lands], [float(i) for i in range(len(lands))], lands[-1]
+        # Each checkpoint as saved, parameters and buffers (BatchNorm statistics): the
+        # loss at each is taken with its own statistics, and the last is the final
+        # point (land.at refuses parameters alone on such models).
+        return (
+            [{**la.theta0, **la.fixed} for la in lands],
+            [float(i) for i in range(len(lands))],
+            lands[-1],
+        )
     if args["example"] is Example.digits:
         cps, labels = _digits_trajectory(land, args["epochs"], args["seed"])
         return cps, labels, land.at(dict(cps[-1]))
