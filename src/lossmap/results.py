@@ -231,6 +231,33 @@ class Spectrum:
     matvecs: int
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def density_stderr(self) -> np.ndarray:
+        """The standard error of ``density`` at each grid point, from the probes.
+
+        Each probe's own broadened density ``ρ_p`` (the same σ and normalisation as
+        ``density``, whose value is their mean) gives ``std_p(ρ_p) / √P`` (``ddof=1``):
+        a band ``density ± 2·density_stderr`` over ``grid``. All NaN with one probe.
+        Computed from ``nodes`` and ``weights``, so files saved before it existed have it.
+
+        >>> grid = np.linspace(-1.0, 3.0, 5)
+        >>> sp = Spectrum(grid, grid * 0, np.array([[0.0, 2.0], [0.0, 2.0]]),
+        ...               np.full((2, 2), 0.5), 0.5, 4)
+        >>> sp.density_stderr.round(12).tolist()   # two identical probes: no spread
+        [0.0, 0.0, 0.0, 0.0, 0.0]
+        """
+        nodes, weights = np.atleast_2d(self.nodes), np.atleast_2d(self.weights)
+        probes = nodes.shape[0]
+        if probes < 2:
+            return np.full(np.shape(self.grid), np.nan)
+        each = np.stack(
+            [broaden(nodes[p], weights[p], self.grid, self.sigma) for p in range(probes)]
+        )
+        area = float(np.trapezoid(each.mean(axis=0), self.grid))
+        scale = 1.0 / area if area > 0 else 1.0
+        stderr: np.ndarray = each.std(axis=0, ddof=1) / math.sqrt(probes) * scale
+        return stderr
+
     def moments(self, k: int = 2) -> list[float]:
         """``E[λ^j]`` for j = 1..k under the quadrature (exact for low degrees)."""
         w = self.weights / self.weights.shape[0]
