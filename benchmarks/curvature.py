@@ -854,6 +854,20 @@ def as_flat(out: Any) -> Tensor:
     return torch.cat([t.detach().reshape(-1) for t in out]).double()
 
 
+def _fwd_over_rev(p: Problem, vd: dict[str, Tensor]) -> Callable[[], Any]:
+    """The other HVP: ``jvp`` of ``grad`` of the full-data loss (what lossmap's
+    ``land.hvp`` was until the derivative core became one; kept here for the comparison)."""
+    from torch.func import functional_call, grad, jvp
+
+    params, buffers = p.land.point(), dict(p.land.fixed)
+
+    def loss(q: dict[str, Tensor]) -> Tensor:
+        out = functional_call(p.model, {**q, **buffers}, (p.x,))
+        return torch.nn.functional.cross_entropy(out, p.y)
+
+    return lambda: jvp(grad(loss), (params,), (vd,))[1]
+
+
 def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Timings (s) of ``repeats`` round-robin rounds, so that noise hits all alike, and
     each product's relative error ``||Hv - H64 v|| / ||H64 v||`` against float64."""
@@ -865,7 +879,8 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
         "lossmap land.gradient() (full data)": lambda: p.land.gradient(),
         "lossmap HessianOperator.hvp (double backward, graph reused)": lambda: op.hvp(v),
     }
-    fns["lossmap land.hvp (forward-over-reverse, no reuse)"] = lambda: p.land.hvp(None, vd)
+    fns["lossmap land.hvp (double backward, graph built per call)"] = lambda: p.land.hvp(None, vd)
+    fns["forward-over-reverse (torch.func jvp of grad), full data"] = _fwd_over_rev(p, vd)
     if pyhessian is not None:
         h, _ = ph_make(p)
         vl = [t.clone() for t in vd.values()]
@@ -879,6 +894,9 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
         fns["eigenthings HessianOperator.matvec, data=[(x, y)]"] = lambda: et_op.matvec(v)
         fns["eigenthings HessianOperator.matvec, DataLoader(batch 1437)"] = lambda: et_dl.matvec(v)
     V8 = torch.randn(p.n, 8, generator=gen)
+    fns["lossmap HessianOperator.hvp_columns (8 columns, batched), per column"] = lambda: (
+        op.hvp_columns(V8)
+    )
     if curvlinops is not None:
         cl_op, _, _ = cl_operator(p)
         fns["curvlinops HessianLinearOperator @ v"] = lambda: cl_op @ v
@@ -887,7 +905,7 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
         )
     op64 = HessianOperator(p.land64)
     truth = op64.hvp(v.double())
-    truth8 = torch.stack([op64.hvp(c.double()) for c in V8.T], dim=1) if curvlinops else None
+    truth8 = torch.stack([op64.hvp(c.double()) for c in V8.T], dim=1)
     errs: dict[str, float] = {}
     for k, fn in fns.items():
         out = fn()
