@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,8 +85,14 @@ def connect(
         ),
     ] = None,
     reset_bn: Annotated[
-        bool, typer.Option("--reset-bn", help="Recompute BatchNorm statistics along the line.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--reset-bn/--no-reset-bn",
+            help="Recompute BatchNorm statistics at every point of the straight path "
+            "(default: yes, when the model has BatchNorm); --no-reset-bn uses checkpoint a's "
+            "statistics everywhere, and says so.",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     out: OutOpt = Path("runs/connect"),
@@ -95,9 +102,9 @@ def connect(
 ) -> None:
     """Paths between two minima: the straight line's barrier and a fitted low-loss curve.
 
-    With BatchNorm, the curve is fitted in train mode and each of its points is
-    evaluated with statistics recomputed there; ``--reset-bn`` does the same for the
-    straight path (otherwise it uses the landscape's statistics at every t)."""
+    With BatchNorm, every point of both paths is evaluated with statistics recomputed
+    there (the curve is fitted in train mode); ``--no-reset-bn`` evaluates the straight
+    path with checkpoint a's statistics instead, with a warning."""
     args = dict(locals())  # the parameters alone: first, before any local name
     import lossmap as lm
     from lossmap.store import hash_tensors
@@ -111,10 +118,24 @@ def connect(
         a, b = la.point(), lb.point()
         with progress_bar("straight path") as progress:
             progress(0, 1)
-            line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
+            with warnings.catch_warnings():  # said below in one line of our own
+                warnings.filterwarnings("ignore", "reset_bn=False", UserWarning)
+                line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
             progress(1, 1)
         run.save(line, "path")
-        lines = [barrier_line("straight", line.meta["barrier"])]
+        if line.meta.get("bn_statistics_foreign"):
+            typer.echo(
+                f"warning: --no-reset-bn: every point of the straight path uses checkpoint a's "
+                f"BatchNorm statistics ({line.meta['batchnorm_layers']} layers), so its barrier "
+                "is not the networks' own; drop --no-reset-bn to recompute them at each point",
+                err=True,
+            )
+        name = "straight path" + (
+            " (checkpoint a's BatchNorm statistics)"
+            if line.meta.get("bn_statistics_foreign")
+            else ""
+        )
+        lines = [barrier_line(name, line.meta["barrier"])]
         run.note(barrier_line=line.meta["barrier"])
         if curve is not CurveOpt.none:
             fp = {
