@@ -20,15 +20,18 @@ from lossmap.cli._common import (
     ModelOpt,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     TrustOpt,
     app,
     barrier_line,
     data_hash,
+    parse_span_text,
     progress_bar,
+    seed_option,
 )
 from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 from lossmap.cli._run import RunFolder
+
+SeedOpt = Annotated[int, seed_option("the curve fit: its start and the order of its minibatches")]
 
 
 class CurveOpt(str, enum.Enum):
@@ -77,11 +80,11 @@ def connect(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Points along each path.")] = 41,
     span: Annotated[
-        tuple[float, float] | None,
+        str | None,
         typer.Option(
             "--span",
-            help="t range of the straight path (must put 0 and 1 on the grid); default: "
-            "about -0.5 1.5, chosen so that 0 and 1 are on the grid of --steps points.",
+            help="t range of the straight path, LO,HI (must put 0 and 1 on the grid); "
+            "default: about -0.5,1.5, chosen so that 0 and 1 are on the grid of --steps points.",
         ),
     ] = None,
     reset_bn: Annotated[
@@ -110,6 +113,7 @@ def connect(
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
+    t_span = None if span is None else parse_span_text(span)
     with RunFolder("connect", args, t0=t0) as run:
         land = build_landscape(model, example, device)
         la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
@@ -120,7 +124,7 @@ def connect(
             progress(0, 1)
             with warnings.catch_warnings():  # said below in one line of our own
                 warnings.filterwarnings("ignore", "reset_bn=False", UserWarning)
-                line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
+                line = lm.connect.linear(la, a, b, steps=steps, span=t_span, reset_bn=reset_bn)
             progress(1, 1)
         run.save(line, "path")
         if line.meta.get("bn_statistics_foreign"):

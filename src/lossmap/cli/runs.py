@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lossmap.cli._common import CliError, app, echo, human_time, pid_alive
+from lossmap.cli._common import CliError, app, echo, human_time, join_span_pairs, pid_alive
 
 
 @app.command()
@@ -210,6 +210,7 @@ def rerun(
     if not record.is_file():
         raise CliError(f"{run_dir} has no run.json: not a finished lossmap run folder")
     info, argv = _recorded_command(record)
+    argv = join_span_pairs(argv)  # recorded by a version that took --span LO HI
     target = (out or run_dir / "rerun").resolve()
     argv = _with_option(argv, "--out", str(target))
     argv.append("--restart")
