@@ -151,12 +151,25 @@ class RunFolder:
         }
         if self.results:
             record["results"] = {
-                k: {"summary": r.summary(), "meta": r.meta} for k, r in self.results.items()
+                k: {"summary": r.summary(_loss_key(r)), "meta": r.meta}
+                for k, r in self.results.items()
             }
         record.update(self._fields)
         record["files"] = sorted(str(f.relative_to(self.out)) for f in self.files)
         record.update(self._after_files)
         write_json(self.out / "run.json", record)
+
+
+def _loss_key(result: Any) -> str:
+    """The loss a result's summary is about: the first data set's loss, or the first
+    loss there is (``--dataset test`` evaluates no ``train/loss``)."""
+    values = getattr(result, "values", None) or {}
+    if any(k.endswith("/loss") for k in values):
+        try:
+            return str(result.key("loss"))
+        except KeyError:
+            return next(k for k in values if k.endswith("/loss"))
+    return "loss"
 
 
 def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
