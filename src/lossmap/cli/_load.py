@@ -383,12 +383,12 @@ def theta0_values(land: Any) -> tuple[float, dict[str, float]]:
     return secs, {k: float(v[0]) for k, v in vals.items()}
 
 
-def note_no_checkpoint(model: str | None, checkpoint: Path | None) -> None:
+def note_no_checkpoint(model: str | None, checkpoint: Path | None) -> list[str]:
     """One line when ``--model`` comes without ``--checkpoint``: θ0 is then whatever the
     factory returns, a randomly initialised network unless it loads weights itself."""
-    if model is not None and checkpoint is None:
-        typer.echo(
-            f"note: no --checkpoint: θ0 is the network as --model {model} returns it "
-            "(randomly initialised, unless the factory loads trained weights)",
-            err=True,
-        )
+    if model is None or checkpoint is not None:
+        return []
+    return [
+        f"note: no --checkpoint: θ0 is the network as --model {model} returns it "
+        "(randomly initialised, unless the factory loads trained weights)"
+    ]

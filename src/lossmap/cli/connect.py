@@ -128,11 +128,13 @@ def connect(
             progress(1, 1)
         run.save(line, "path")
         if line.meta.get("bn_statistics_foreign"):
-            typer.echo(
-                f"warning: --no-reset-bn: every point of the straight path uses checkpoint a's "
-                f"BatchNorm statistics ({line.meta['batchnorm_layers']} layers), so its barrier "
-                "is not the networks' own; drop --no-reset-bn to recompute them at each point",
-                err=True,
+            run.warn(
+                [
+                    f"warning: --no-reset-bn: every point of the straight path uses checkpoint "
+                    f"a's BatchNorm statistics ({line.meta['batchnorm_layers']} layers), so its "
+                    "barrier is not the networks' own; drop --no-reset-bn to recompute them "
+                    "at each point"
+                ]
             )
         name = "straight path" + (
             " (checkpoint a's BatchNorm statistics)"

@@ -149,7 +149,7 @@ def hessian(
             trust=trust_checkpoint,
         )
         check_theta0(land)
-        note_no_checkpoint(model, checkpoint)
+        run.warn(note_no_checkpoint(model, checkpoint))
         if k > land.num_parameters:
             raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
         from lossmap.store import hash_tensors

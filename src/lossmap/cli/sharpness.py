@@ -178,7 +178,7 @@ def sharpness_cmd(
             trust=trust_checkpoint,
         )
         check_theta0(land)
-        note_no_checkpoint(model, checkpoint)
+        run.warn(note_no_checkpoint(model, checkpoint))
         fp = {
             "command": "sharpness",
             "model": model,

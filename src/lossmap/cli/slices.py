@@ -35,7 +35,6 @@ from lossmap.cli._common import (
     app,
     check_budget,
     data_hash,
-    echo_err,
     file_sha256,
     parse_span_text,
     progress_bar,
@@ -103,8 +102,8 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
         dirs = random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
         secs, at_theta0 = theta0_values(land)
         check_budget(steps, n, secs, args["max_hours"])
-        note_no_checkpoint(args["model"], args["checkpoint"])
-        echo_err(_theta0_off_grid(spans, steps))
+        run.warn(note_no_checkpoint(args["model"], args["checkpoint"]))
+        run.warn(_theta0_off_grid(spans, steps))
         fp = {
             "command": view,
             **{
