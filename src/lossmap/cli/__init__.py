@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from lossmap.cli._common import CURRENT_RUN, CliError, app
+from lossmap.cli._common import CURRENT_RUN, CliError, app, join_span_pairs
 
 # The commands register themselves on ``app`` in this order (``lossmap --help``).
 # isort: off
@@ -42,9 +42,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gets one line on stderr (no traceback) and exit status 2;
     SIGTERM and Ctrl-C stop after the last finished chunk was recorded (resumable)."""
-    CURRENT_RUN.update(
-        argv=list(sys.argv[1:] if argv is None else argv), journal=None, run_id=None, signal=None
-    )
+    # `--span LO HI` (two words) is read as `--span LO,HI`: one value, as `--span 1` is.
+    argv = join_span_pairs(list(sys.argv[1:] if argv is None else argv))
+    CURRENT_RUN.update(argv=list(argv), journal=None, run_id=None, signal=None)
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread (embedded use)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

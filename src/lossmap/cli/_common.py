@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -80,7 +81,84 @@ CheckpointOpt = Annotated[
 ]
 
 
-SpanOpt = Annotated[tuple[float, float], typer.Option("--span", help="Coordinate range LO HI.")]
+_SPAN_HELP = (
+    "Coordinate range: R for -R..R, or LO,HI; e.g. --span 1, --span -0.5,1.5 "
+    "(--span LO HI also works)."
+)
+SpanOpt = Annotated[str, typer.Option("--span", metavar="R|LO,HI", help=_SPAN_HELP)]
+
+
+SpanBetaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--span-beta",
+        metavar="R|LO,HI",
+        help="The β axis's range, spelled as --span, e.g. --span 1 --span-beta 0.5 "
+        "(default: --span).",
+    ),
+]
+
+
+StepsBetaOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps-beta",
+        min=2,
+        help="Points on the β axis, e.g. --steps 41 --steps-beta 21 (default: --steps).",
+    ),
+]
+
+
+_SPAN_OPTIONS = ("--span", "--span-beta")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_span_pairs(argv: list[str]) -> list[str]:
+    """``--span LO HI`` (two words, as earlier versions took it) becomes ``--span LO,HI``,
+    so ``--span 1`` and ``--span -1,1`` can be one option's value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if (
+            a in _SPAN_OPTIONS
+            and i + 2 < len(argv)
+            and _is_number(argv[i + 1])
+            and _is_number(argv[i + 2])
+        ):
+            out += [a, f"{argv[i + 1]},{argv[i + 2]}"]
+            i += 3
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def parse_span_text(text: str, option: str = "--span") -> tuple[float, float]:
+    """``"R"`` -> ``(-R, R)``; ``"LO,HI"`` -> ``(LO, HI)``, checked as the library does.
+
+    >>> parse_span_text("1"), parse_span_text("-0.5,1.5")
+    ((-1.0, 1.0), (-0.5, 1.5))
+    """
+    from lossmap.slices import parse_span
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if not (1 <= len(parts) <= 2 and all(_is_number(p) for p in parts)):
+        raise CliError(
+            f"{option} {text!r} must be R (for -R..R) or LO,HI; e.g. {option} 1 or "
+            f"{option} -0.5,1.5"
+        )
+    nums = [float(p) for p in parts]
+    pair = (-nums[0], nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    ((lo, hi),) = parse_span([pair], 1)
+    return lo, hi
 
 
 NormOpt = Annotated[
@@ -96,8 +174,31 @@ IgnoreOpt = Annotated[
 ]
 
 
-SeedOpt = Annotated[
-    int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random directions.")
+def seed_option(what: str) -> Any:
+    """``--seed``'s option, its help saying what it seeds on this command:
+    ``Annotated[int, seed_option("...")]``."""
+    return typer.Option("--seed", min=0, max=2**63 - 1, help=f"Seeds {what}.")
+
+
+SeedOpt = Annotated[int, seed_option("the random directions")]
+
+
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset",
+        help="A data set to evaluate, by the name the factory gives it (repeat for several; "
+        "default: all), e.g. --dataset test.",
+    ),
+]
+
+
+TrainModeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--train-mode",
+        help="Evaluate in train mode (BatchNorm uses each batch's statistics); default: eval.",
+    ),
 ]
 
 
@@ -159,13 +260,18 @@ def human_time(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-def check_budget(steps: int, n_axes: int, secs_per_point: float, max_hours: float) -> None:
+def check_budget(
+    steps: int | list[int], n_axes: int, secs_per_point: float, max_hours: float
+) -> None:
+    """Refuse a grid of ``steps`` per axis (one int for every axis, or one per axis) that
+    is too large or estimated to take longer than ``max_hours``."""
     from lossmap.slices import MAX_POINTS
 
-    total = steps**n_axes
+    per_axis = [steps] * n_axes if isinstance(steps, int) else list(steps)
+    total = math.prod(per_axis)
     est = total * secs_per_point
     if total > MAX_POINTS or est > max_hours * 3600:
-        grid = " x ".join([str(steps)] * n_axes)
+        grid = " x ".join(str(n) for n in per_axis)
         raise CliError(
             f"a {grid} grid is {total:,} points: about {human_time(est)} at the "
             f"{1e3 * secs_per_point:.3g} ms one point took here; use fewer --steps "
@@ -250,13 +356,19 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def summary_lines(result: Any, name: str) -> list[str]:
+def summary_lines(
+    result: Any, name: str, at_theta0: Mapping[str, float] | None = None
+) -> list[str]:
+    """One line per loss and accuracy: at θ0, min, max. ``at_theta0``: the values at θ0
+    evaluated apart, for a grid that does not hold θ0 (an even ``--steps``)."""
     lines = []
     for key in result.values:
         if not key.endswith("/loss") and not key.endswith("/accuracy"):
             continue
         s = result.summary(key)
         at = f"{s['at_theta0']:.4g} at θ0, " if "at_theta0" in s else ""
+        if not at and at_theta0 is not None and key in at_theta0:
+            at = f"{at_theta0[key]:.4g} at θ0 (not a grid point), "
         rng = f"min {s['min']:.4g}, max {s['max']:.4g}" if "min" in s else "no finite values"
         nan = f", {s['nonfinite']} non-finite" if s["nonfinite"] else ""
         lines.append(f"  {name} {key}: {at}{rng}{nan}")
@@ -272,6 +384,12 @@ def library_versions() -> dict[str, str]:
 def echo(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
+
+
+def echo_err(lines: list[str]) -> None:
+    """Warnings and notes: on stderr, one line each."""
+    for line in lines:
+        typer.echo(line, err=True)
 
 
 def data_hash(land: Any) -> dict[str, str]:

@@ -125,7 +125,12 @@ def build_landscape(model: str | None, example: Example | None, device: Device) 
     )
 
 
-def _rebuild(land: Any, device: str) -> Any:
+def in_train_mode(land: Any) -> Any:
+    """The same landscape evaluated in train mode (``--train-mode``)."""
+    return land if land.train_mode else _rebuild(land, str(land.device), train_mode=True)
+
+
+def _rebuild(land: Any, device: str, *, train_mode: bool | None = None) -> Any:
     import lossmap as lm
 
     data = {k: (ds.batches if ds.in_memory else ds.loader) for k, ds in land.datasets.items()}
@@ -136,7 +141,7 @@ def _rebuild(land: Any, device: str) -> Any:
         loss=land.loss_fn,
         metrics=land.metrics,
         device=device,
-        train_mode=land.train_mode,
+        train_mode=land.train_mode if train_mode is None else train_mode,
     )
 
 
@@ -354,6 +359,11 @@ def check_theta0(land: Any) -> float:
     A model that cannot run on its data, or whose loss at θ0 is not finite, is refused
     here in one line rather than after hours of NaN.
     """
+    return theta0_values(land)[0]
+
+
+def theta0_values(land: Any) -> tuple[float, dict[str, float]]:
+    """:func:`check_theta0`'s seconds per point, and the values at θ0 by key."""
     t = time.perf_counter()
     try:
         vals = land.evaluate([land.theta0], strategy="loop")
@@ -370,4 +380,15 @@ def check_theta0(land: Any) -> float:
                 f"the {k} at θ0 is {float(v[0])}; check the checkpoint and the data "
                 "(a diverged model, NaN inputs, or a loss that overflows)"
             )
-    return secs
+    return secs, {k: float(v[0]) for k, v in vals.items()}
+
+
+def note_no_checkpoint(model: str | None, checkpoint: Path | None) -> list[str]:
+    """One line when ``--model`` comes without ``--checkpoint``: θ0 is then whatever the
+    factory returns, a randomly initialised network unless it loads weights itself."""
+    if model is None or checkpoint is not None:
+        return []
+    return [
+        f"note: no --checkpoint: θ0 is the network as --model {model} returns it "
+        "(randomly initialised, unless the factory loads trained weights)"
+    ]

@@ -36,6 +36,7 @@ from lossmap.cli._common import (
     CliError,
     data_hash,
     echo,
+    echo_err,
     library_versions,
     pid_alive,
     prepare_out,
@@ -77,6 +78,7 @@ class RunFolder:
         """The lines echoed after run.json is written."""
         self._fields: dict[str, Any] = {}
         self._after_files: dict[str, Any] = {}
+        self._warnings: list[str] = []
 
     def __enter__(self) -> RunFolder:
         self.out = prepare_out(self.out)
@@ -91,7 +93,13 @@ class RunFolder:
         if exc_type is not None:
             return  # nothing more is written; main() reports the exception
         self._write_record()
+        echo_err(self._warnings)
         echo(self.summary)
+
+    def warn(self, lines: list[str]) -> None:
+        """Notes and warnings for the user: on stderr, one line each, after a run that
+        finished (a failure stays one line: the error)."""
+        self._warnings += lines
 
     @contextmanager
     def journal(self, fingerprint: dict[str, Any]) -> Iterator[Any]:
@@ -151,12 +159,25 @@ class RunFolder:
         }
         if self.results:
             record["results"] = {
-                k: {"summary": r.summary(), "meta": r.meta} for k, r in self.results.items()
+                k: {"summary": r.summary(_loss_key(r)), "meta": r.meta}
+                for k, r in self.results.items()
             }
         record.update(self._fields)
         record["files"] = sorted(str(f.relative_to(self.out)) for f in self.files)
         record.update(self._after_files)
         write_json(self.out / "run.json", record)
+
+
+def _loss_key(result: Any) -> str:
+    """The loss a result's summary is about: the first data set's loss, or the first
+    loss there is (``--dataset test`` evaluates no ``train/loss``)."""
+    values = getattr(result, "values", None) or {}
+    if any(k.endswith("/loss") for k in values):
+        try:
+            return str(result.key("loss"))
+        except KeyError:
+            return next(k for k in values if k.endswith("/loss"))
+    return "loss"
 
 
 def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,15 +20,18 @@ from lossmap.cli._common import (
     ModelOpt,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     TrustOpt,
     app,
     barrier_line,
     data_hash,
+    parse_span_text,
     progress_bar,
+    seed_option,
 )
 from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 from lossmap.cli._run import RunFolder
+
+SeedOpt = Annotated[int, seed_option("the curve fit: its start and the order of its minibatches")]
 
 
 class CurveOpt(str, enum.Enum):
@@ -76,16 +80,22 @@ def connect(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Points along each path.")] = 41,
     span: Annotated[
-        tuple[float, float] | None,
+        str | None,
         typer.Option(
             "--span",
-            help="t range of the straight path (must put 0 and 1 on the grid); default: "
-            "about -0.5 1.5, chosen so that 0 and 1 are on the grid of --steps points.",
+            help="t range of the straight path, LO,HI (must put 0 and 1 on the grid); "
+            "default: about -0.5,1.5, chosen so that 0 and 1 are on the grid of --steps points.",
         ),
     ] = None,
     reset_bn: Annotated[
-        bool, typer.Option("--reset-bn", help="Recompute BatchNorm statistics along the line.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--reset-bn/--no-reset-bn",
+            help="Recompute BatchNorm statistics at every point of the straight path "
+            "(default: yes, when the model has BatchNorm); --no-reset-bn uses checkpoint a's "
+            "statistics everywhere, and says so.",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     out: OutOpt = Path("runs/connect"),
@@ -95,14 +105,15 @@ def connect(
 ) -> None:
     """Paths between two minima: the straight line's barrier and a fitted low-loss curve.
 
-    With BatchNorm, the curve is fitted in train mode and each of its points is
-    evaluated with statistics recomputed there; ``--reset-bn`` does the same for the
-    straight path (otherwise it uses the landscape's statistics at every t)."""
+    With BatchNorm, every point of both paths is evaluated with statistics recomputed
+    there (the curve is fitted in train mode); ``--no-reset-bn`` evaluates the straight
+    path with checkpoint a's statistics instead, with a warning."""
     args = dict(locals())  # the parameters alone: first, before any local name
     import lossmap as lm
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
+    t_span = None if span is None else parse_span_text(span)
     with RunFolder("connect", args, t0=t0) as run:
         land = build_landscape(model, example, device)
         la, lb = _pair(land, checkpoint_a, checkpoint_b, example, checkpoint_key, trust_checkpoint)
@@ -111,10 +122,26 @@ def connect(
         a, b = la.point(), lb.point()
         with progress_bar("straight path") as progress:
             progress(0, 1)
-            line = lm.connect.linear(la, a, b, steps=steps, span=span, reset_bn=reset_bn)
+            with warnings.catch_warnings():  # said below in one line of our own
+                warnings.filterwarnings("ignore", "reset_bn=False", UserWarning)
+                line = lm.connect.linear(la, a, b, steps=steps, span=t_span, reset_bn=reset_bn)
             progress(1, 1)
         run.save(line, "path")
-        lines = [barrier_line("straight", line.meta["barrier"])]
+        if line.meta.get("bn_statistics_foreign"):
+            run.warn(
+                [
+                    f"warning: --no-reset-bn: every point of the straight path uses checkpoint "
+                    f"a's BatchNorm statistics ({line.meta['batchnorm_layers']} layers), so its "
+                    "barrier is not the networks' own; drop --no-reset-bn to recompute them "
+                    "at each point"
+                ]
+            )
+        name = "straight path" + (
+            " (checkpoint a's BatchNorm statistics)"
+            if line.meta.get("bn_statistics_foreign")
+            else ""
+        )
+        lines = [barrier_line(name, line.meta["barrier"])]
         run.note(barrier_line=line.meta["barrier"])
         if curve is not CurveOpt.none:
             fp = {

@@ -14,11 +14,11 @@ from lossmap.cli._common import (
     Example,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     app,
     barrier_line,
     data_hash,
     progress_bar,
+    seed_option,
     summary_lines,
     write_rows,
 )
@@ -26,6 +26,10 @@ from lossmap.cli._load import build_landscape
 from lossmap.cli._run import RunFolder
 from lossmap.cli.hessian import curvature_lines, curvature_report, write_curvature
 from lossmap.cli.sharpness import sharpness_lines, sharpness_table
+
+SeedOpt = Annotated[
+    int, seed_option("the random directions, the Hessian's probes and the sharpness searches")
+]
 
 
 @app.command()

@@ -18,17 +18,19 @@ from lossmap.cli._common import (
     ModelOpt,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     TrustOpt,
     app,
     data_hash,
     file_sha256,
     library_versions,
     progress_bar,
+    seed_option,
     write_rows,
 )
-from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, note_no_checkpoint, with_checkpoint
 from lossmap.cli._run import RunFolder
+
+SeedOpt = Annotated[int, seed_option("the Lanczos start vectors and the trace and density probes")]
 
 
 def curvature_report(
@@ -147,6 +149,7 @@ def hessian(
             trust=trust_checkpoint,
         )
         check_theta0(land)
+        run.warn(note_no_checkpoint(model, checkpoint))
         if k > land.num_parameters:
             raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
         from lossmap.store import hash_tensors

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lossmap.cli._common import CliError, app, echo, human_time, pid_alive
+from lossmap.cli._common import CliError, app, echo, human_time, join_span_pairs, pid_alive
 
 
 @app.command()
@@ -22,6 +22,8 @@ def status(
     from lossmap.store import Journal
 
     path = run_dir / "journal.sqlite"
+    if not path.is_file() and not path.is_symlink() and _finished_without_journal(run_dir):
+        return
     if not path.is_file() and not path.is_symlink():
         raise CliError(
             f"{run_dir} has no journal.sqlite: not a lossmap run folder, or its run has not "
@@ -57,6 +59,26 @@ def status(
     if state == "interrupted":
         lines.append("  re-run the same command with the same --out to resume")
     echo(lines)
+
+
+def _finished_without_journal(run_dir: Path) -> bool:
+    """A finished run whose command kept no journal (a straight path alone, a trajectory
+    without a grid to resume): its run.json and every file it lists. Echoes its state."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, list) or not isinstance(info.get("command"), str):
+        return False
+    there = [f for f in files if isinstance(f, str) and Path(f).name == f]
+    missing = [f for f in there if not (run_dir / f).is_file()]
+    state = "complete" if not missing and len(there) == len(files) else "incomplete"
+    lines = [f"{run_dir}: {info['command']} run, {state} (it kept no journal: nothing to resume)"]
+    if missing:
+        lines.append(f"  missing: {', '.join(missing[:5])}")
+    echo(lines)
+    return True
 
 
 def _results_written(run_dir: Path, run_id: str | None) -> bool:
@@ -210,6 +232,7 @@ def rerun(
     if not record.is_file():
         raise CliError(f"{run_dir} has no run.json: not a finished lossmap run folder")
     info, argv = _recorded_command(record)
+    argv = join_span_pairs(argv)  # recorded by a version that took --span LO HI
     target = (out or run_dir / "rerun").resolve()
     argv = _with_option(argv, "--out", str(target))
     argv.append("--restart")

@@ -19,15 +19,23 @@ from lossmap.cli._common import (
     ModelOpt,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     TrustOpt,
     app,
     data_hash,
     progress_bar,
+    seed_option,
     write_rows,
 )
-from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._load import build_landscape, check_theta0, note_no_checkpoint, with_checkpoint
 from lossmap.cli._run import RunFolder
+
+SeedOpt = Annotated[
+    int,
+    seed_option(
+        "the start of each worst-case search, the average-case samples and the figure's "
+        "random direction"
+    ),
+]
 
 
 class _Prefixed:
@@ -170,6 +178,7 @@ def sharpness_cmd(
             trust=trust_checkpoint,
         )
         check_theta0(land)
+        run.warn(note_no_checkpoint(model, checkpoint))
         fp = {
             "command": "sharpness",
             "model": model,

@@ -12,6 +12,7 @@ from lossmap.cli._common import (
     CheckpointOpt,
     ChunkOpt,
     CkptKeyOpt,
+    DatasetOpt,
     Device,
     DeviceOpt,
     ExampleOpt,
@@ -24,20 +25,61 @@ from lossmap.cli._common import (
     OutOpt,
     RestartOpt,
     SeedOpt,
+    SpanBetaOpt,
     SpanOpt,
+    StepsBetaOpt,
     Strategy,
     StrategyOpt,
+    TrainModeOpt,
     TrustOpt,
     app,
     check_budget,
     data_hash,
     file_sha256,
+    parse_span_text,
     progress_bar,
     random_directions,
     summary_lines,
 )
-from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
+from lossmap.cli._load import (
+    build_landscape,
+    check_theta0,
+    in_train_mode,
+    note_no_checkpoint,
+    theta0_values,
+    with_checkpoint,
+)
 from lossmap.cli._run import RunFolder
+
+
+def _grid_spec(view: str, args: dict[str, Any]) -> tuple[list[tuple[float, float]], list[int]]:
+    """The span and steps of each axis, from --span/--steps (and, on a plane,
+    --span-beta/--steps-beta), checked before anything is loaded."""
+    alpha = parse_span_text(args["span"])
+    if view == "line":
+        return [alpha], [args["steps"]]
+    beta = alpha if args["span_beta"] is None else parse_span_text(args["span_beta"], "--span-beta")
+    return [alpha, beta], [args["steps"], args["steps_beta"] or args["steps"]]
+
+
+def _theta0_off_grid(spans: list[tuple[float, float]], steps: list[int]) -> list[str]:
+    """One warning line when a grid leaves θ0 out (an even --steps over a symmetric span)."""
+    import numpy as np
+
+    from lossmap.slices import grid
+
+    names = ["--steps", "--steps-beta"]
+    off = [
+        (name, n, lo, hi)
+        for name, n, (lo, hi) in zip(names, steps, spans, strict=False)
+        if lo <= 0 <= hi and np.abs(grid(lo, hi, n)).min() > 1e-9 * (hi - lo)
+    ]
+    return [
+        f"warning: {name} {n} over {lo:g}..{hi:g} puts no grid point at θ0 (the grid steps "
+        f"over 0); an odd {name} over a symmetric span holds it. θ0's own values are in the "
+        "summary."
+        for name, n, lo, hi in off
+    ][:1]
 
 
 def _random_slice(view: str, args: dict[str, Any]) -> None:
@@ -47,7 +89,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
 
     t0 = time.perf_counter()
     n = 1 if view == "line" else 2
-    lm.slices.parse_span(args["span"], n)
+    spans, steps = _grid_spec(view, args)
     with RunFolder(view, args, t0=t0) as run:
         land = with_checkpoint(
             build_landscape(args["model"], args["example"], args["device"]),
@@ -55,14 +97,22 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
             key=args["checkpoint_key"],
             trust=args["trust_checkpoint"],
         )
+        if args["train_mode"]:
+            land = in_train_mode(land)
         dirs = random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
-        check_budget(args["steps"], n, check_theta0(land), args["max_hours"])
+        secs, at_theta0 = theta0_values(land)
+        check_budget(steps, n, secs, args["max_hours"])
+        run.warn(note_no_checkpoint(args["model"], args["checkpoint"]))
+        run.warn(_theta0_off_grid(spans, steps))
         fp = {
             "command": view,
             **{
                 k: args[k]
-                for k in ("model", "example", "span", "steps", "normalization", "ignore", "seed")
+                for k in ("model", "example", "normalization", "ignore", "seed", "dataset")
             },
+            "span": spans,
+            "steps": steps,
+            "train_mode": args["train_mode"],
             "strategy": args["strategy"].value,
             "checkpoint_sha256": file_sha256(args["checkpoint"]) if args["checkpoint"] else None,
             "theta0": hash_tensors(land.theta0),
@@ -72,8 +122,9 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
         }
         with run.journal(fp) as journal, progress_bar(view) as progress:
             kw = {
-                "span": args["span"],
-                "steps": args["steps"],
+                "span": spans,
+                "steps": steps[0] if n == 1 else tuple(steps),
+                "datasets": args["dataset"] or None,
                 "strategy": args["strategy"].value,
                 "chunk_size": args["chunk_size"],
                 "journal": journal,
@@ -85,7 +136,11 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
         run.provenance(land, fp)
         resumed = r.meta["engine"].get("resumed_points", 0)
         note = [f"  resumed: {resumed} of {r['loss'].size} points were done"] if resumed else []
-        run.summary = [*summary_lines(r, view), *note, f"wrote {run.out}/ ({len(run.files)} files)"]
+        run.summary = [
+            *summary_lines(r, view, at_theta0),
+            *note,
+            f"wrote {run.out}/ ({len(run.files)} files)",
+        ]
 
 
 # ---------------------------------------------------------------- commands
@@ -94,8 +149,12 @@ def line(
     model: ModelOpt = None,
     example: ExampleOpt = None,
     checkpoint: CheckpointOpt = None,
-    span: SpanOpt = (-1.0, 1.0),
-    steps: Annotated[int, typer.Option("--steps", min=2)] = 51,
+    span: SpanOpt = "1",
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, help="Points (odd: θ0 is one of them).")
+    ] = 51,
+    dataset: DatasetOpt = None,
+    train_mode: TrainModeOpt = False,
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -118,8 +177,14 @@ def plane(
     model: ModelOpt = None,
     example: ExampleOpt = None,
     checkpoint: CheckpointOpt = None,
-    span: SpanOpt = (-1.0, 1.0),
-    steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
+    span: SpanOpt = "1",
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, help="Points per axis (odd: θ0 is one of them).")
+    ] = 41,
+    span_beta: SpanBetaOpt = None,
+    steps_beta: StepsBetaOpt = None,
+    dataset: DatasetOpt = None,
+    train_mode: TrainModeOpt = False,
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -143,7 +208,7 @@ def interpolate(
     checkpoint_b: Annotated[Path, typer.Argument(help="State dict at t = 1.")],
     model: ModelOpt = None,
     example: ExampleOpt = None,
-    span: SpanOpt = (-0.5, 1.5),
+    span: SpanOpt = "-0.5,1.5",
     steps: Annotated[int, typer.Option("--steps", min=2)] = 41,
     device: DeviceOpt = Device.auto,
     strategy: StrategyOpt = Strategy.auto,
@@ -161,7 +226,7 @@ def interpolate(
     from lossmap.store import hash_tensors
 
     t0 = time.perf_counter()
-    lm.slices.parse_span(span, 1)
+    t_span = parse_span_text(span)
     with RunFolder("interpolate", args, t0=t0) as run:
         land = build_landscape(model, example, device)
         la = with_checkpoint(land, checkpoint_a, key=checkpoint_key, trust=trust_checkpoint)
@@ -171,7 +236,7 @@ def interpolate(
             "command": "interpolate",
             "model": model,
             "example": example,
-            "span": span,
+            "span": t_span,
             "steps": steps,
             "strategy": strategy.value,
             "checkpoint_sha256": [file_sha256(checkpoint_a), file_sha256(checkpoint_b)],
@@ -184,7 +249,7 @@ def interpolate(
                 la,
                 la.point(),
                 lb.point(),
-                span=span,
+                span=t_span,
                 steps=steps,
                 strategy=strategy.value,
                 progress=progress,

@@ -21,17 +21,21 @@ from lossmap.cli._common import (
     ModelOpt,
     OutOpt,
     RestartOpt,
-    SeedOpt,
     TrustOpt,
     app,
     check_budget,
     data_hash,
     parse_ignore,
     progress_bar,
+    seed_option,
     summary_lines,
 )
 from lossmap.cli._load import build_landscape, check_theta0, with_checkpoint
 from lossmap.cli._run import RunFolder
+
+SeedOpt = Annotated[
+    int, seed_option("the built-in digits training (--example digits without checkpoints)")
+]
 
 
 def _digits_trajectory(land: Any, epochs: int, seed: int) -> tuple[list[Any], list[float]]:

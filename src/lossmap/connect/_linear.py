@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -59,7 +60,7 @@ def linear(
     *,
     span: object = None,
     steps: int = 41,
-    reset_bn: bool = False,
+    reset_bn: bool | None = None,
     bn_data: object = None,
     datasets: Sequence[str] | None = None,
     strategy: str = "auto",
@@ -67,13 +68,19 @@ def linear(
 ) -> Curve:
     """The loss along the straight path ``θ(t) = (1 - t) a + t b``, with its barriers.
 
-    Without ``reset_bn`` this is :func:`lossmap.interpolate` (every point uses the
-    landscape's buffers, i.e. the BatchNorm statistics of the model it was built on).
-    With ``reset_bn=True`` the BatchNorm running statistics are recomputed at every
-    ``θ(t)`` (see :func:`recompute_bn`), as Frankle et al. 2020 and Garipov et al. 2018
-    do: statistics of ``a``, ``b`` or their interpolation do not match the activations
-    of the interpolated network. That costs one pass over ``bn_data`` and one
-    evaluation per point (points are not batched).
+    **BatchNorm.** By default (``reset_bn=None``) a model with BatchNorm layers gets
+    its statistics *recomputed* at every ``θ(t)`` (:func:`recompute_bn`, one pass over
+    ``bn_data`` in train mode), as Garipov et al. 2018 do before evaluating each point
+    (``bn_update``) and as linear-mode-connectivity studies of BatchNorm networks after
+    Frankle et al. 2020 do. Interpolating the buffers with the weights is not used: it
+    keeps each endpoint's saved statistics but is wrong in between, the pre-BN variance
+    being quadratic in the weights (``Var(z_a + z_b) / 4 ≠ (Var z_a + Var z_b) / 2``,
+    the "variance collapse" of Jordan et al. 2023), so the barrier would measure the
+    statistics. Recomputed, every point (endpoints included) is the network as used after
+    a fresh pass over the data. Cost: one pass and one evaluation per point. Without
+    BatchNorm this is :func:`lossmap.interpolate`. ``reset_bn=False`` on a BatchNorm
+    model uses the landscape's buffers at every ``t`` (those of the model it was built
+    on): a :class:`UserWarning` says so and ``meta["bn_statistics_foreign"]`` is true.
 
     Args:
         land: the landscape (its model gives the architecture; it is not modified).
@@ -82,7 +89,8 @@ def linear(
             Default: :func:`default_span` of ``steps``, about ``(-0.5, 1.5)`` with both
             on the grid for any ``steps``.
         steps: number of points.
-        reset_bn: recompute BatchNorm statistics at each point.
+        reset_bn: recompute BatchNorm statistics at each point; ``None`` (default):
+            exactly when the model has BatchNorm layers with running statistics.
         bn_data: data for the statistics: ``(X, y)`` or a loader (default: the
             landscape's first data set).
         datasets, strategy, progress: as in :func:`lossmap.line`.
@@ -90,12 +98,12 @@ def linear(
     Returns:
         A :class:`~lossmap.results.Curve` (``alpha`` is ``t``) whose
         ``meta["barrier"]`` maps ``"<set>/loss"`` and ``"<set>/error"`` (where an
-        accuracy exists) to :meth:`Barrier.as_dict`; ``meta["reset_bn"]`` says which
-        statistics were used.
+        accuracy exists) to :meth:`Barrier.as_dict`; ``meta["reset_bn"]`` says whether
+        the statistics were recomputed, ``meta["bn_statistics"]`` which were used.
 
     Raises:
         ValueError: endpoints of another architecture (the first mismatches are named),
-            non-finite endpoints, a grid without ``t = 0`` and ``1``, or ``reset_bn``
+            non-finite endpoints, a grid without ``t = 0`` and ``1``, or ``reset_bn=True``
             on a model without BatchNorm.
     """
     pts = check_pair(land, {"a": a, "b": b})
@@ -106,22 +114,8 @@ def linear(
     _grid01_check(grid(lo, hi, steps), (lo, hi), steps)
     check_endpoints(land, a, b)
     n_bn = len(bn_layers(land.model))
-    if not reset_bn:
-        result = interpolate(
-            land,
-            a,
-            b,
-            span=(lo, hi),
-            steps=steps,
-            datasets=datasets,
-            strategy=strategy,
-            progress=progress,
-        )
-        result.meta["reset_bn"] = False
-        result.meta["batchnorm_layers"] = n_bn
-        if n_bn:
-            result.meta["bn_statistics"] = "the landscape's buffers at every t"
-    else:
+    recompute = n_bn > 0 if reset_bn is None else bool(reset_bn)
+    if recompute:
         result = _linear_with_bn(
             land,
             a,
@@ -133,7 +127,29 @@ def linear(
             strategy=strategy,
             progress=progress,
         )
-        result.meta["batchnorm_layers"] = n_bn
+    else:
+        result = interpolate(
+            land,
+            a,
+            b,
+            span=(lo, hi),
+            steps=steps,
+            datasets=datasets,
+            strategy=strategy,
+            progress=progress,
+        )
+        result.meta["reset_bn"] = False
+        if n_bn:
+            result.meta["bn_statistics"] = "the landscape's buffers at every t"
+            warnings.warn(
+                f"reset_bn=False: every point of the path uses the landscape's BatchNorm "
+                f"statistics ({n_bn} layers), foreign to every point but the landscape's own, "
+                "so the barrier mixes statistics with weights; use reset_bn=None to recompute",
+                UserWarning,
+                stacklevel=2,
+            )
+    result.meta["batchnorm_layers"] = n_bn
+    result.meta["bn_statistics_foreign"] = n_bn > 0 and not recompute
     result.meta["barrier"] = barriers(result)
     return result
 

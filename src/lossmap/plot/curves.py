@@ -182,7 +182,9 @@ def spectrum(result: Spectrum, *, ax: Axes | None = None, logy: bool = True) -> 
     ax.grid(True, color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
     probes = np.shape(result.nodes)[0] if np.ndim(result.nodes) == 2 else None
-    info = f"σ = {result.sigma:.3g}" + (f", {probes} probes" if probes else "")
+    info = f"σ = {result.sigma:.3g}" + (
+        f", {probes} probe{'' if probes == 1 else 's'}" if probes else ""
+    )
     notes = [info, *mask_notes(n_nan, 0)]
     set_title_notes(ax, "Hessian eigenvalue density", ["; ".join(notes)])
     return figure_of(ax)
