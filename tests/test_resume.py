@@ -179,7 +179,7 @@ def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
     assert first.returncode == 0, first.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["argv"][0] == "plane" and run["theta0_sha256"] and run["data_sha256"]["train"]
-    assert run["fingerprint"]["steps"] == STEPS
+    assert run["fingerprint"]["steps"] == [STEPS, STEPS]  # per axis (--steps-beta)
     rerun = subprocess.run(
         [sys.executable, "-m", "lossmap", "rerun", str(out), "--model", spec],
         capture_output=True,

@@ -88,8 +88,8 @@ def parse_span(span: object, n_axes: int) -> list[tuple[float, float]]:
                 f"span must be a number r, (lo, hi), or {n_axes} pairs (lo, hi); got {span!r}"
             )
     for lo, hi in pairs:
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"span ({lo}, {hi}) must be finite")
+        if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)):
+            raise ValueError(f"span ({lo}, {hi}) must be finite (and so must its width)")
         if not lo < hi:
             raise ValueError(
                 f"span ({lo}, {hi}) is empty or inverted; give (lo, hi) with lo < hi, e.g. (-1, 1)"
