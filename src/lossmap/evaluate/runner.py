@@ -119,6 +119,8 @@ def run(
             )
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
+        for d in dsets:  # (sum, count) losses: count each data set's tokens once, first
+            land.weight_totals(d)
         _compute(ev, land, points, dsets, chunk_size, out, done_mask, info, progress, journal, view)
     return _result(land, dsets, out, info, t_start)
 
@@ -191,11 +193,14 @@ def _passes(
     dsets: Sequence[str],
     cache: bool,
 ) -> Tensor:
-    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``."""
+    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``:
+    the sums over batches divided by the number of samples, or where callables return
+    ``(sum, count)`` pairs by the counts summed over the data set (``weight_totals``)."""
     params = points.stacked(idx, ev.keys)
     cols = []
     for name in dsets:
         ds = land.datasets[name]
+        totals = land.weight_totals(name)
         acc = None
         count = 0
         for b in ds:
@@ -205,7 +210,7 @@ def _passes(
         if ds.size is None:
             ds.size = count
         assert acc is not None
-        cols.append(acc / count)
+        cols.append(acc / count if totals is None else acc / totals.to(acc.device))
     return torch.cat(cols, dim=1).cpu()
 
 
