@@ -137,6 +137,7 @@ def test_gradient_and_hvp_equal_the_exact_token_mean(streamed: bool) -> None:
     f, x0 = _flat_reference(model, LENGTHS)
     value, _ = land.value_and_grad()
     assert value == pytest.approx(float(f(x0)), rel=1e-12)
+    assert land.loss() == pytest.approx(float(f(x0)), rel=1e-12)
     flat_g = torch.cat([t.reshape(-1) for t in land.gradient().values()])
     torch.testing.assert_close(flat_g, grad(f)(x0), rtol=1e-10, atol=1e-12)
     H = hessian(f)(x0)

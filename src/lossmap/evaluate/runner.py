@@ -93,6 +93,8 @@ def run(
     stored = _resume(journal, view, out, done_mask, info) if journal is not None else None
 
     with land.mode(), torch.inference_mode():
+        for d in dsets:  # (sum, count) losses: each data set's tokens, counted once, first
+            land.weight_totals(d)
         probed: Evaluator | None = None
         if stored is not None:
             # Resuming: the first attempt's strategy and chunks, for identical values.
@@ -119,8 +121,6 @@ def run(
             )
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
-        for d in dsets:  # (sum, count) losses: count each data set's tokens once, first
-            land.weight_totals(d)
         _compute(ev, land, points, dsets, chunk_size, out, done_mask, info, progress, journal, view)
     return _result(land, dsets, out, info, t_start)
 
