@@ -3,13 +3,14 @@
 A data set is held on the device when it fits (``cache_bytes``), otherwise streamed
 from its loader once per pass. Every loop over data in lossmap goes through
 :class:`DataSet` iteration; the loss at a point is the exact mean over samples, so
-each batch is weighted by :func:`batch_size`.
+each batch is weighted by :func:`batch_size`, or by the count a loss callable returns
+with its sum (tokens of padded sequences: :attr:`DataSet.totals`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,14 @@ __all__ = [
     "DataSet",
     "available_memory",
     "batch_size",
+    "count_weights",
+    "form_changed",
     "make_dataset",
     "nbytes",
+    "pair_of",
     "to_device",
     "total_memory",
+    "weighted_sums",
 ]
 
 
@@ -43,6 +48,112 @@ def batch_size(batch: Batch) -> int:
         f"cannot find the batch size of a {type(batch).__name__}: a batch must be a tuple "
         "(inputs..., target) or a dict holding at least one tensor with a batch dimension"
     )
+
+
+# ------------------------------------------------------------- batch weights
+# A loss callable returns the batch's mean (weighted by the batch size) or a pair
+# (sum, count): the loss summed over the batch and its number of tokens (any weight),
+# so that the data-set mean Σ_b sum_b / Σ_b count_b is exact per token.
+_PAIR = 2
+
+
+def pair_of(value: object, what: str) -> tuple[Any, Any] | None:
+    """``(sum, count)`` where a callable returned a pair, ``None`` for a plain mean.
+
+    Raises:
+        TypeError: a tuple or list that is not a pair.
+    """
+    if not isinstance(value, tuple | list):
+        return None
+    if len(value) != _PAIR:
+        raise TypeError(
+            f"{what} must return a mean (a scalar tensor) or a (sum, count) pair, "
+            f"got a {type(value).__name__} of {len(value)}"
+        )
+    return value[0], value[1]
+
+
+def form_changed(what: str) -> str:
+    """The message for a callable that returned a pair on one batch, a mean on another."""
+    return (
+        f"{what} returned a (sum, count) pair on one batch and a plain mean on another; "
+        "return the same form on every batch"
+    )
+
+
+def _weight_of(value: object, pair: bool, n: int, what: str) -> float:
+    """The weight of one batch's statistic: its count (checked), or the batch size ``n``
+    for a plain mean."""
+    got = pair_of(value, what)
+    if (got is not None) != pair:
+        raise TypeError(form_changed(what))
+    if got is None:
+        return float(n)
+    total, count = torch.as_tensor(got[0]), torch.as_tensor(got[1])
+    if total.numel() != 1 or count.numel() != 1:
+        raise ValueError(
+            f"{what} returned (sum, count) of shapes {list(total.shape)}, {list(count.shape)}; "
+            "both must be scalars: (loss summed over the batch, number of tokens)"
+        )
+    c = float(count)
+    if not 0 <= c < float("inf"):
+        raise ValueError(f"{what} returned the count {c}; a count must be finite and >= 0")
+    return c
+
+
+def count_weights(
+    batches: Iterable[Batch],
+    returns: Callable[[Batch], list[Any]],
+    names: list[str],
+    forms: tuple[bool, ...] | None = None,
+) -> tuple[Tensor, int, tuple[bool, ...]]:
+    """Per statistic, the weights summed over ``batches`` (float64 ``[S]``: counts of
+    pairs, batch sizes of plain means), the number of samples, and the forms (which
+    statistics are pairs; seen on the first batch when ``forms`` is ``None``).
+
+    ``returns(batch)`` gives what the callables called ``names`` return on a batch.
+
+    Raises:
+        TypeError / ValueError: a malformed pair, a return that changed form, a sum or
+            count that is not a scalar, a negative or non-finite count.
+    """
+    sums: list[float] = []
+    samples = 0
+    for b in batches:
+        n = batch_size(b)
+        samples += n
+        vals = returns(b)
+        if forms is None:
+            forms = tuple(pair_of(v, w) is not None for v, w in zip(vals, names, strict=True))
+        w = [_weight_of(v, forms[j], n, names[j]) for j, v in enumerate(vals)]
+        sums = w if not sums else [s + x for s, x in zip(sums, w, strict=True)]
+    return torch.tensor(sums, dtype=torch.float64), samples, forms or ()
+
+
+def weighted_sums(vals: list[Any], forms: tuple[bool, ...], n: int) -> tuple[Tensor, Tensor]:
+    """Per-batch sums and counts ``([S], [S])`` of ``vals``, the returns of the loss and
+    metric callables (pairs or per-batch means, as ``forms`` says; a mean's sum is the
+    mean times the batch size ``n``, its count ``n``); a sum whose count is 0 is 0, so a
+    batch without tokens adds nothing (not NaN). Works under ``torch.vmap``.
+
+    Raises:
+        TypeError: a return that is not of the form detected.
+    """
+    sums, counts = [], []
+    for v, pair in zip(vals, forms, strict=False):
+        got = pair_of(v, "a loss or metric callable")
+        if (got is not None) != pair:
+            raise TypeError(form_changed("a loss or metric callable"))
+        if got is None:
+            total = torch.as_tensor(v).reshape(()) * n
+            count = torch.full((), float(n), dtype=total.dtype, device=total.device)
+        else:
+            total = torch.as_tensor(got[0]).reshape(())
+            count = torch.as_tensor(got[1]).to(total.dtype).reshape(())
+        sums.append(total)
+        counts.append(count)
+    s, c = torch.stack(sums), torch.stack(counts)
+    return torch.where(c > 0, s, torch.zeros_like(s)), c
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -91,13 +202,19 @@ def total_memory(device: torch.device) -> int:
 
 @dataclass
 class DataSet:
-    """One named data set: batches held on the device, or a loader streamed per pass."""
+    """One named data set: batches held on the device, or a loader streamed per pass.
+
+    ``totals`` caches, for a loss whose callable returns ``(sum, count)`` pairs, the
+    counts summed over the data set per statistic (float64, ``[1 + n_metrics]``): the
+    denominators of exact means, counted once (see ``Objective.weight_totals``).
+    """
 
     name: str
     batches: list[Batch] | None = None
     loader: Iterable[Batch] | None = None
     size: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    totals: Tensor | None = None
 
     @property
     def in_memory(self) -> bool:

@@ -36,18 +36,33 @@ class Landscape(Objective):
             use ``reduction="mean"`` (the default) or ``"sum"``.
         data: ``(X, y)`` tensors, a ``DataLoader`` / iterable of batches, or a dict of
             named data sets (``{"train": ..., "test": ...}``; the first is the default).
-        loss: instead of ``criterion``, ``loss(model, batch) -> mean loss over the batch``
-            (e.g. ``lambda m, b: m(**b).loss``).
-        metrics: ``{name: fn}``, extra per-batch means: ``fn(output, target)`` with a
-            criterion, ``fn(model, batch)`` with ``loss``. Defaults to accuracy for
-            cross-entropy / NLL / BCE-with-logits criteria; ``{}`` turns it off.
+        loss: instead of ``criterion``, ``loss(model, batch)`` returning either the
+            batch's mean loss (weighted by the batch's number of samples, e.g.
+            ``lambda m, b: m(**b).loss``) or a pair ``(sum, count)``: the loss summed
+            over the batch and its number of tokens (or any weight ≥ 0). With pairs the
+            mean is exact per token, ``L = Σ_b sum_b / Σ_b count_b``, for the value,
+            every strategy, gradients, Hessians and sharpness; a batch whose count is 0
+            adds nothing. Counts must depend on the batch alone (e.g. its attention
+            mask): they are summed once per data set, at θ0, and cached.
+        metrics: ``{name: fn}``, extra per-batch statistics: ``fn(output, target)`` with
+            a criterion (a mean, weighted by the batch size), ``fn(model, batch)`` with
+            ``loss`` (a mean weighted by the batch size, or a ``(sum, count)`` pair
+            divided by its own counts). Defaults to accuracy for cross-entropy / NLL /
+            BCE-with-logits criteria; ``{}`` turns it off.
         device: where to evaluate (``"cpu"``, ``"cuda"``); defaults to the model's.
             If it differs from the model's device, a copy of the model is moved there.
         train_mode: evaluate in training mode (BatchNorm batch statistics, dropout).
         cache_bytes: loaders whose data fit in this many bytes are held on the device.
 
     The loss at a point is the exact data-set mean: per-batch means are weighted by
-    batch size, so an uneven last batch does not bias it.
+    batch size, so an uneven last batch does not bias it. Padded sequences of different
+    lengths need the per-token mean: return ``(sum, count)`` from ``loss``, e.g. for a
+    ``transformers`` causal language model (labels -100 at padding)::
+
+        def loss(model, batch):
+            out = model(**batch)  # out.loss: the batch's mean over its tokens
+            n_tokens = (batch["labels"][:, 1:] != -100).sum()  # the shifted targets
+            return out.loss * n_tokens, n_tokens
 
     >>> import torch
     >>> from torch import nn
@@ -55,6 +70,20 @@ class Landscape(Objective):
     >>> land = Landscape(nn.Linear(3, 1), nn.MSELoss(), data=(X, y))
     >>> abs(land.loss() - float(nn.MSELoss()(land.model(X).detach(), y))) < 1e-6
     True
+
+    The mean over the entries a mask keeps, with one kept of two, then one of one:
+
+    >>> def masked(m, b):
+    ...     per = (m(b["x"]) - b["y"]).squeeze(-1) ** 2 * b["mask"]
+    ...     return per.sum(), b["mask"].sum()
+    >>> data = [
+    ...     {"x": torch.tensor([[1.0], [2.0]]), "y": torch.zeros(2, 1), "mask": torch.tensor([1.0, 0])},
+    ...     {"x": torch.tensor([[2.0]]), "y": torch.zeros(1, 1), "mask": torch.tensor([1.0])},
+    ... ]
+    >>> model = nn.Linear(1, 1, bias=False)
+    >>> _ = nn.init.constant_(model.weight, 3.0)
+    >>> Landscape(model, loss=masked, data=data).loss()  # (3² + 6²) / 2, not 18 per sample
+    22.5
     """
 
     # ----------------------------------------------------------- evaluation

@@ -28,11 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lossmap import data as D
 from lossmap import vectors as V
 from lossmap.data import Batch, DataSet, batch_size, make_dataset, total_memory
 
-LossFn = Callable[[Callable[..., Any], Batch], Tensor]
-Metric = Callable[..., Tensor]
+LossFn = Callable[[Callable[..., Any], Batch], Any]
+"""``loss(model, batch)``: the batch's mean loss, or a ``(sum, count)`` pair."""
+Metric = Callable[..., Any]
 Reducer = Callable[[list[Tensor]], list[Tensor]]
 
 __all__ = [
@@ -183,7 +185,7 @@ class Objective:
         if (criterion is None) == (loss is None):
             raise ValueError(
                 "pass exactly one of criterion= (e.g. nn.CrossEntropyLoss()) or "
-                "loss=callable(model, batch) -> mean loss"
+                "loss=callable(model, batch) -> mean loss or (sum, count)"
             )
         if data is None:
             raise ValueError("data is required: (X, y) tensors, a DataLoader, or a dict of them")
@@ -228,6 +230,7 @@ class Objective:
         if bad:
             raise ValueError(f"metric names must not be 'loss' or contain '/', got {bad}")
         self.metrics: dict[str, Metric] = dict(metrics)
+        self._forms = None if loss is not None else (False,) * (1 + len(self.metrics))
         # Plain cross-entropy (with or without the default accuracy) has a fused path.
         self._fast_ce = (
             type(criterion) is nn.CrossEntropyLoss
@@ -401,25 +404,71 @@ class Objective:
     ) -> Tensor:
         """Per-batch *sums* of ``[loss, *metrics]`` at ``params`` (a 1-D tensor).
 
-        Summing these over batches and dividing by the data-set size gives exact means.
-        Call inside :meth:`mode`. Works under ``torch.vmap`` over ``params``.
+        Summed over batches and divided by the data-set size (by :meth:`weight_totals`
+        where callables return ``(sum, count)``: a sum as it is, 0 where its count is 0)
+        they give exact means. Call inside :meth:`mode`. Works under ``torch.vmap``.
         ``metrics=False`` computes the loss alone (``[loss]``), e.g. for derivatives.
         """
-        tensors = {**self._fixed_for(params), **params}
         n = batch_size(batch)
         if self.loss_fn is not None:
-            caller = _Caller(self.model, tensors)
-            vals = [self.loss_fn(caller, batch)]
-            if metrics:
-                vals += [m(caller, batch) for m in self.metrics.values()]
+            vals = self._returns(params, batch, metrics=metrics)
+            forms = self._forms if self._forms is not None else self.stat_forms()
+            if any(forms[: len(vals)]):
+                return D.weighted_sums(vals, forms, n)[0]
+            if any(isinstance(v, tuple | list) for v in vals):
+                raise TypeError(D.form_changed("a loss or metric callable"))
             return torch.stack([torch.as_tensor(v).reshape(()) for v in vals]) * n
         if not isinstance(batch, tuple | list) or len(batch) < 2:
             raise TypeError(
                 "with a criterion, each batch must be a tuple (inputs..., target), got "
                 f"{type(batch).__name__}; for other batches pass loss=callable(model, batch)"
             )
+        tensors = {**self._fixed_for(params), **params}
         out = functional_call(self.model, tensors, tuple(batch[:-1]))
         return self.output_stats(out, batch[-1], n, metrics=metrics)
+
+    def _returns(self, params: Mapping[str, Tensor], batch: Batch, *, metrics: bool) -> list[Any]:
+        """What ``loss(model, batch)`` (and each metric) returns at ``params``."""
+        assert self.loss_fn is not None
+        caller = _Caller(self.model, {**self._fixed_for(params), **params})
+        vals = [self.loss_fn(caller, batch)]
+        return vals + [m(caller, batch) for m in self.metrics.values()] if metrics else vals
+
+    def _count(self, batches: Iterable[Batch]) -> tuple[Tensor, int, tuple[bool, ...]]:
+        """:func:`~lossmap.data.count_weights` at θ0, in the model's mode, without
+        gradients, the random state restored (dropout must not shift later draws)."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        names = ["loss(model, batch)", *(f"metric {k!r}" for k in self.metrics)]
+        with torch.random.fork_rng(devices=cuda), self.mode(), torch.no_grad():
+            return D.count_weights(
+                batches, lambda b: self._returns(self._params0, b, metrics=True), names, self._forms
+            )
+
+    def stat_forms(self) -> tuple[bool, ...]:
+        """Per statistic ``[loss, *metrics]``, whether its callable returns a ``(sum,
+        count)`` pair, not a per-batch mean: seen once, at θ0 on the default data set's
+        first batch (plain means with a ``criterion``); every batch must keep its form."""
+        if self._forms is None:
+            self._forms = self._count([next(iter(self.dataset()))])[2]
+        return self._forms
+
+    def weight_totals(self, name: str | None = None) -> Tensor | None:
+        """Where a callable returns ``(sum, count)`` pairs, the denominators of exact
+        means: per statistic ``[loss, *metrics]``, the counts summed over the data set
+        (float64 ``[S]``; a plain mean counts its batch's size), counted once at θ0 and
+        cached on the data set (counts depend on the batch alone: tokens, a mask).
+        ``None`` where all are plain means, weighted by :meth:`dataset_size` as before.
+        Raises ValueError / TypeError for a malformed pair, a negative count, no tokens.
+        """
+        if not any(self.stat_forms()):
+            return None
+        ds = self.dataset(name)
+        if ds.totals is None:
+            totals, samples, _ = self._count(ds)
+            if totals[0] == 0:
+                raise ValueError(f"data set {ds.name!r}: every count the loss returns is 0")
+            ds.totals, ds.size = totals, samples if ds.size is None else ds.size
+        return ds.totals
 
     def output_stats(self, out: Tensor, target: Tensor, n: int, *, metrics: bool = True) -> Tensor:
         """Per-batch sums of ``[loss, *metrics]`` from the model's output."""
@@ -471,23 +520,35 @@ class Objective:
 
         ``N`` is the number of samples of the data set (or of ``batches``, a list of
         batches given instead, e.g. one minibatch), so the terms sum to the exact
-        data-set mean and an uneven last batch is weighted by its size. Parameters the
-        loss does not use get a zero gradient. With ``create_graph`` the gradients keep
-        their graph for a second derivative with respect to :meth:`leaves` of
-        ``point`` (pass leaves to get them back).
+        data-set mean and an uneven last batch is weighted by its size. Where
+        ``loss(model, batch)`` returns ``(sum, count)``, ``ℓ_b = sum_b / N`` with ``N``
+        the counts summed (:meth:`weight_totals`; over ``batches``, one more forward
+        pass each, without gradients); a batch whose count is 0 yields nothing. Parameters the loss does not use get a zero gradient. With
+        ``create_graph`` the gradients keep their graph for a second derivative with
+        respect to :meth:`leaves` of ``point`` (pass leaves to get them back).
         """
         leaves = self.leaves(point)
+        weighted = self.stat_forms()[0]
         if batches is None:
             ds: Iterable[Batch] = self.dataset(dataset)
-            total = self.dataset_size(dataset)
+            totals = self.weight_totals(dataset) if weighted else None
+            total = self.dataset_size(dataset) if totals is None else float(totals[0])
         else:
             ds = list(batches)
             total = sum(batch_size(b) for b in ds)
+            total = float(self._count(ds)[0][0]) if weighted and ds else total
         if total == 0:
             raise ValueError("the data set is empty: no samples to take a gradient over")
         with self.mode(), torch.enable_grad():
             for b in ds:
-                term = self.batch_stats(leaves, b, metrics=False)[0] / total
+                if weighted:
+                    vals = self._returns(leaves, b, metrics=False)
+                    sums, counts = D.weighted_sums(vals, self.stat_forms(), batch_size(b))
+                    if not counts[0] > 0:
+                        continue
+                    term = sums[0] / total
+                else:
+                    term = self.batch_stats(leaves, b, metrics=False)[0] / total
                 g = torch.autograd.grad(
                     term, list(leaves.values()), create_graph=create_graph, allow_unused=True
                 )

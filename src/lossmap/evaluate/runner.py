@@ -93,6 +93,8 @@ def run(
     stored = _resume(journal, view, out, done_mask, info) if journal is not None else None
 
     with land.mode(), torch.inference_mode():
+        for d in dsets:  # (sum, count) losses: each data set's tokens, counted once, first
+            land.weight_totals(d)
         probed: Evaluator | None = None
         if stored is not None:
             # Resuming: the first attempt's strategy and chunks, for identical values.
@@ -191,11 +193,14 @@ def _passes(
     dsets: Sequence[str],
     cache: bool,
 ) -> Tensor:
-    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``."""
+    """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``:
+    the sums over batches divided by the number of samples, or where callables return
+    ``(sum, count)`` pairs by the counts summed over the data set (``weight_totals``)."""
     params = points.stacked(idx, ev.keys)
     cols = []
     for name in dsets:
         ds = land.datasets[name]
+        totals = land.weight_totals(name)
         acc = None
         count = 0
         for b in ds:
@@ -205,7 +210,7 @@ def _passes(
         if ds.size is None:
             ds.size = count
         assert acc is not None
-        cols.append(acc / count)
+        cols.append(acc / count if totals is None else acc / totals.to(acc.device))
     return torch.cat(cols, dim=1).cpu()
 
 
