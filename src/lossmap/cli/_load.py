@@ -392,3 +392,21 @@ def note_no_checkpoint(model: str | None, checkpoint: Path | None) -> list[str]:
         f"note: no --checkpoint: θ0 is the network as --model {model} returns it "
         "(randomly initialised, unless the factory loads trained weights)"
     ]
+
+
+def checked_landscape(
+    model: str | None,
+    example: Any,
+    device: Any,
+    checkpoint: Path | None,
+    *,
+    key: str | None,
+    trust: bool,
+) -> tuple[Any, list[str]]:
+    """The landscape at ``--checkpoint``, evaluated once at θ0 (refused in one line if
+    that fails), and the notes to print after the run."""
+    land = with_checkpoint(
+        build_landscape(model, example, device), checkpoint, key=key, trust=trust
+    )
+    check_theta0(land)
+    return land, note_no_checkpoint(model, checkpoint)

@@ -27,7 +27,7 @@ from lossmap.cli._common import (
     seed_option,
     write_rows,
 )
-from lossmap.cli._load import build_landscape, check_theta0, note_no_checkpoint, with_checkpoint
+from lossmap.cli._load import checked_landscape
 from lossmap.cli._run import RunFolder
 
 SeedOpt = Annotated[int, seed_option("the Lanczos start vectors and the trace and density probes")]
@@ -142,14 +142,10 @@ def hessian(
             f"--trace-method {trace_method!r} is unknown; choose xtrace, hutch++ or hutchinson"
         )
     with RunFolder("hessian", args, t0=t0) as run:
-        land = with_checkpoint(
-            build_landscape(model, example, device),
-            checkpoint,
-            key=checkpoint_key,
-            trust=trust_checkpoint,
+        land, notes = checked_landscape(
+            model, example, device, checkpoint, key=checkpoint_key, trust=trust_checkpoint
         )
-        check_theta0(land)
-        run.warn(note_no_checkpoint(model, checkpoint))
+        run.warn(notes)
         if k > land.num_parameters:
             raise CliError(f"--k {k} is more than the model's {land.num_parameters:,} parameters")
         from lossmap.store import hash_tensors

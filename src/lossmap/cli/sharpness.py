@@ -26,7 +26,7 @@ from lossmap.cli._common import (
     seed_option,
     write_rows,
 )
-from lossmap.cli._load import build_landscape, check_theta0, note_no_checkpoint, with_checkpoint
+from lossmap.cli._load import checked_landscape
 from lossmap.cli._run import RunFolder
 
 SeedOpt = Annotated[
@@ -171,14 +171,10 @@ def sharpness_cmd(
     if samples < 2:
         raise CliError(f"--samples must be at least 2 (got {samples}) for a standard error")
     with RunFolder("sharpness", args, t0=t0) as run:
-        land = with_checkpoint(
-            build_landscape(model, example, device),
-            checkpoint,
-            key=checkpoint_key,
-            trust=trust_checkpoint,
+        land, notes = checked_landscape(
+            model, example, device, checkpoint, key=checkpoint_key, trust=trust_checkpoint
         )
-        check_theta0(land)
-        run.warn(note_no_checkpoint(model, checkpoint))
+        run.warn(notes)
         fp = {
             "command": "sharpness",
             "model": model,
