@@ -8,6 +8,7 @@ evaluated at every point; θ0 (coordinate 0) is always on a grid whose span cont
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import platform
@@ -43,18 +44,26 @@ MAX_POINTS = 10_000_000
 DirectionLike = Mapping[str, Tensor] | str
 
 
+@functools.cache
+def _own_version() -> str:
+    # Read once per process: parsing the package metadata costs ~1 ms, as much as a
+    # whole 11 × 11 plane of a small model.
+    try:
+        return importlib.metadata.version("lossmap")
+    except importlib.metadata.PackageNotFoundError:
+        from lossmap._version import __version__
+
+        return __version__
+
+
 def versions() -> dict[str, str]:
     """The versions of lossmap, torch, numpy and Python, as every result records them.
 
     lossmap's own comes from the installed package's metadata, or from
     :mod:`lossmap._version` when it runs from a source tree that is not installed.
     """
-    try:
-        own = importlib.metadata.version("lossmap")
-    except importlib.metadata.PackageNotFoundError:
-        from lossmap._version import __version__ as own
     return {
-        "lossmap": own,
+        "lossmap": _own_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
