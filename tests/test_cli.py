@@ -494,6 +494,32 @@ def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
     assert path.meta["reset_bn"] is True and "recomputed" in curve.meta["batchnorm"]
 
 
+def test_interpolate_on_batchnorm_warns_of_foreign_statistics(
+    tmp_path: Path, factories: str, capsys
+) -> None:
+    """The straight path of `interpolate` keeps a's BatchNorm statistics: it says so in
+    one line (issue #17: it printed nothing), and b's value on it is indeed not b's own."""
+    nets = [_batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3) for i in (0, 1)]
+    out = tmp_path / "i"
+    args = [
+        str(tmp_path / "bn0.pt"),
+        str(tmp_path / "bn1.pt"),
+        "--model",
+        "userfactories:batchnorm",
+    ]
+    code, _stdout, err = run_cli(
+        ["interpolate", *args, "--steps", "5", "--span", "0,1", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert "a's running statistics" in err and err.count("BatchNorm") == 1
+    import userfactories  # type: ignore[import-not-found]
+
+    x, y = userfactories._data()
+    with torch.no_grad():
+        own_b = float(userfactories.batchnorm()[1](nets[1](x), y))
+    assert abs(lm.load(out / "path.h5")["loss"][-1] - own_b) > 1e-4
+
+
 def test_trajectory_of_batchnorm_checkpoints(tmp_path: Path, factories: str, capsys) -> None:
     """Checkpoints of a BatchNorm model (parameters and running statistics) map a
     trajectory; the loss at the final point is that checkpoint's own, with its own

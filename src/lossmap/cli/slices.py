@@ -256,6 +256,13 @@ def interpolate(
                 chunk_size=chunk_size,
                 journal=journal,
             )
+        if any(t.ndim == 0 and k.endswith("num_batches_tracked") for k, t in la.fixed.items()):
+            run.warn(
+                [
+                    "warning: the model has BatchNorm: every t is evaluated with checkpoint "
+                    "a's running statistics (b's own differ); lossmap connect recomputes them"
+                ]
+            )
         run.save(c, "path", log=log)
         run.provenance(la, fp)
         run.summary = [*summary_lines(c, "path"), f"wrote {run.out}/ ({len(run.files)} files)"]
