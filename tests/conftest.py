@@ -26,6 +26,26 @@ def run_lossmap(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # t
     )
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``lossmap ARGS`` in this process (faster than a subprocess): exit status, stdout, stderr."""
+    from lossmap.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """``userfactories.py`` (FACTORIES below) in a temporary folder on the import path."""
+    path = tmp_path / "userfactories.py"
+    path.write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return str(path)
+
+
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int | None = 2) -> str:
     """The one line a failed command printed on stderr (no traceback), holding ``needles``;
     its exit status is ``code`` (``None``: any non-zero status)."""

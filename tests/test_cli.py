@@ -8,26 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FACTORIES
+from conftest import run_cli
 from torch import nn
 
 import lossmap as lm
-from lossmap.cli import main
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
-
-
-@pytest.fixture
-def factories(tmp_path: Path, monkeypatch) -> str:
-    (tmp_path / "userfactories.py").write_text(FACTORIES)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return str(tmp_path / "userfactories.py")
 
 
 @pytest.mark.slow

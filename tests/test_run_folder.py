@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import run_cli
 
 import lossmap as lm
-from lossmap.cli import app, main
+from lossmap.cli import app
 from lossmap.cli._common import CURRENT_RUN
 from lossmap.cli._run import RunFolder
 
@@ -45,14 +46,6 @@ def _invocations(tmp_path: Path) -> dict[str, list[str]]:
         "sharpness": ["sharpness", "--example", "linear", "--samples", "2"],
         "demo": ["demo", "--example", "linear", "--steps", "3"],
     }
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def test_every_command_writes_its_run_folder_through_run_folder(
@@ -89,7 +82,7 @@ def test_every_command_writes_its_run_folder_through_run_folder(
     for command, args in runs.items():
         calls.clear()
         out = tmp_path / command
-        code, stdout, err = _run([*args, "--out", str(out)], capsys)
+        code, stdout, err = run_cli([*args, "--out", str(out)], capsys)
         assert code == 0, (command, err)
         assert calls == [("enter", command), ("exit", command)], command
         record = json.loads((out / "run.json").read_text())
@@ -107,7 +100,7 @@ def test_a_failure_inside_writes_no_run_json(
 ) -> None:
     """A CliError after the folder was prepared: the folder exists, run.json does not."""
     out = tmp_path / "h"
-    code, stdout, err = _run(
+    code, stdout, err = run_cli(
         ["hessian", "--example", "linear", "--k", "3", "--out", str(out)], capsys
     )
     assert code == 2 and "--k 3" in err and not stdout
