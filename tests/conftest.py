@@ -46,6 +46,26 @@ def factories(tmp_path, monkeypatch) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
+def batchnorm_checkpoint(path, *, seed: int, scale: float, rows: int | None = None) -> nn.Module:  # type: ignore[no-untyped-def]
+    """The ``userfactories:batchnorm`` model with its parameters moved by ``scale``
+    (seeded) and running statistics of its own from one train-mode pass over the first
+    ``rows`` samples (all by default), saved to ``path``; returned in eval mode. Needs
+    the ``factories`` fixture."""
+    import userfactories  # type: ignore[import-not-found]
+
+    x, _y = userfactories._data()
+    net = userfactories.batchnorm()[0]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn_like(p))
+        net.train()
+        net(x[:rows])
+    net.eval()
+    torch.save(net.state_dict(), path)
+    return net
+
+
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int | None = 2) -> str:
     """The one line a failed command printed on stderr (no traceback), holding ``needles``;
     its exit status is ``code`` (``None``: any non-zero status)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import batchnorm_checkpoint, run_cli
 from torch import nn
 
 import lossmap as lm
@@ -424,30 +424,11 @@ def test_sharpness_command_on_a_quadratic(tmp_path: Path, capsys, monkeypatch) -
     _one_line_error(code, err, "--samples must be at least 2")
 
 
-def _batchnorm_checkpoint(path: Path, *, seed: int, scale: float) -> nn.Module:
-    """The `batchnorm` factory's model with its parameters moved by ``scale`` (seeded)
-    and running statistics of its own, saved to ``path``; returned in eval mode."""
-    import userfactories  # type: ignore[import-not-found]
-
-    x, _y = userfactories._data()
-    net = userfactories.batchnorm()[0]
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(scale * torch.randn_like(p))
-    net.train()
-    with torch.no_grad():
-        net(x)  # running statistics of its own
-    net.eval()
-    torch.save(net.state_dict(), path)
-    return net
-
-
 def test_connect_on_batchnorm(tmp_path: Path, factories: str, capsys) -> None:
     """A curve between two BatchNorm models: fitted in train mode, every point evaluated
     with recomputed statistics; the straight path with --reset-bn agrees at t = 0, 1."""
     for i in (0, 1):
-        _batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3)
+        batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3)
     out = tmp_path / "c"
     code, _stdout, err = run_cli(
         [
@@ -483,7 +464,7 @@ def test_interpolate_on_batchnorm_warns_of_foreign_statistics(
 ) -> None:
     """The straight path of `interpolate` keeps a's BatchNorm statistics: it says so in
     one line (issue #17: it printed nothing), and b's value on it is indeed not b's own."""
-    nets = [_batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3) for i in (0, 1)]
+    nets = [batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.3) for i in (0, 1)]
     out = tmp_path / "i"
     args = [
         str(tmp_path / "bn0.pt"),
@@ -512,7 +493,7 @@ def test_trajectory_of_batchnorm_checkpoints(tmp_path: Path, factories: str, cap
 
     x, y = userfactories._data()
     nets = [
-        _batchnorm_checkpoint(tmp_path / f"ep{i}.pt", seed=i, scale=0.2 * (i + 1)) for i in range(3)
+        batchnorm_checkpoint(tmp_path / f"ep{i}.pt", seed=i, scale=0.2 * (i + 1)) for i in range(3)
     ]
     out = tmp_path / "t"
     code, _stdout, err = run_cli(

@@ -10,28 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import batchnorm_checkpoint, run_cli
 from torch import nn
 
 import lossmap as lm
-
-
-def _bn_checkpoint(path: Path, *, seed: int) -> nn.Module:
-    """The `batchnorm` factory's model moved (seeded), with running statistics of its
-    own from one train-mode pass on half the data (so they are not the data's moments)."""
-    import userfactories  # type: ignore[import-not-found]
-
-    x, _y = userfactories._data()
-    net = userfactories.batchnorm()[0]
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-        net.train()
-        net(x[:20])
-    net.eval()
-    torch.save(net.state_dict(), path)
-    return net
 
 
 def _fresh_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -59,7 +41,9 @@ def test_connect_recomputes_batchnorm_statistics_by_default(
     import userfactories  # type: ignore[import-not-found]
 
     x, y = userfactories._data()
-    nets = [_bn_checkpoint(tmp_path / f"bn{i}.pt", seed=i) for i in (0, 1)]
+    nets = [
+        batchnorm_checkpoint(tmp_path / f"bn{i}.pt", seed=i, scale=0.5, rows=20) for i in (0, 1)
+    ]
     base = ["connect", str(tmp_path / "bn0.pt"), str(tmp_path / "bn1.pt")]
     base += ["--model", "userfactories:batchnorm", "--curve", "none", "--steps", "5"]
     code, stdout, err = run_cli([*base, "--out", str(tmp_path / "c")], capsys)
