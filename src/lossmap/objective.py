@@ -412,7 +412,7 @@ class Objective:
         n = batch_size(batch)
         if self.loss_fn is not None:
             vals = self._returns(params, batch, metrics=metrics)
-            forms = self._forms if self._forms is not None else self.stat_forms()
+            forms = self.stat_forms()
             if any(forms[: len(vals)]):
                 return D.weighted_sums(vals, forms, n)[0]
             if any(isinstance(v, tuple | list) for v in vals):
@@ -523,9 +523,9 @@ class Objective:
         data-set mean and an uneven last batch is weighted by its size. Where
         ``loss(model, batch)`` returns ``(sum, count)``, ``ℓ_b = sum_b / N`` with ``N``
         the counts summed (:meth:`weight_totals`; over ``batches``, one more forward
-        pass each, without gradients); a batch whose count is 0 yields nothing. Parameters the loss does not use get a zero gradient. With
-        ``create_graph`` the gradients keep their graph for a second derivative with
-        respect to :meth:`leaves` of ``point`` (pass leaves to get them back).
+        pass each, without gradients); a batch whose count is 0 yields nothing. Unused
+        parameters get a zero gradient. With ``create_graph`` the gradients keep their
+        graph for a second derivative with respect to :meth:`leaves` of ``point``.
         """
         leaves = self.leaves(point)
         weighted = self.stat_forms()[0]
@@ -535,8 +535,8 @@ class Objective:
             total = self.dataset_size(dataset) if totals is None else float(totals[0])
         else:
             ds = list(batches)
-            total = sum(batch_size(b) for b in ds)
-            total = float(self._count(ds)[0][0]) if weighted and ds else total
+            weights = self._count(ds)[0] if weighted and ds else None
+            total = sum(batch_size(b) for b in ds) if weights is None else float(weights[0])
         if total == 0:
             raise ValueError("the data set is empty: no samples to take a gradient over")
         with self.mode(), torch.enable_grad():
