@@ -110,14 +110,11 @@ class HessianOperator(LinearOperator):
         self.matvecs = 0
         self.seconds = 0.0
 
-    def _hvp_list(self, vs: list[Tensor]) -> list[Tensor]:
-        return self._product(vs)
-
     def hvp(self, v: Tensor) -> Tensor:
         """``H v`` for a flat torch vector (any float dtype; returned in ``v``'s dtype)."""
         t0 = time.perf_counter()
         parts = V.unflatten(v.to(self.dtype_torch), self.point)
-        hv = self._hvp_list([parts[k].to(t.device) for k, t in self.point.items()])
+        hv = self._product([parts[k].to(t.device) for k, t in self.point.items()])
         self.matvecs += 1
         self.seconds += time.perf_counter() - t0
         return torch.cat([h.reshape(-1) for h in hv]).to(v.dtype)
