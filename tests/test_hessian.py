@@ -170,13 +170,18 @@ class _OnceDifferentiableSquare(torch.autograd.Function):
         return 2 * x * g
 
 
-def test_linear_loss_has_zero_hessian_and_once_differentiable_is_refused() -> None:
+@pytest.mark.parametrize("cache", [None, 0])  # held (graph reused) and streamed per batch
+def test_linear_loss_has_zero_hessian_and_once_differentiable_is_refused(cache) -> None:
     x = torch.randn(20, 3, dtype=torch.float64)
     lin = nn.Linear(3, 1).double()
-    land = lm.Landscape(lin, loss=lambda m, b: m(b[0]).mean(), data=[(x,)])
+    data = [(x[:10],), (x[10:],)]
+    land = lm.Landscape(lin, loss=lambda m, b: m(b[0]).mean(), data=data, cache_bytes=cache)
     assert not H.dense(land).any()  # a linear loss: the Hessian is exactly zero
     land = lm.Landscape(
-        lin, loss=lambda m, b: _OnceDifferentiableSquare.apply(m(b[0])).mean(), data=[(x,)]
+        lin,
+        loss=lambda m, b: _OnceDifferentiableSquare.apply(m(b[0])).mean(),
+        data=data,
+        cache_bytes=cache,
     )
     with pytest.raises(ValueError, match="not twice differentiable by autograd"):
         H.eigenvalues(land, 1)

@@ -59,6 +59,7 @@ class HessianVectorProduct:
         self.reuse = reuse_graph and objective.dataset(self.dataset).in_memory
         self.reduce = reduce
         self._graph: tuple[list[Tensor], list[Tensor]] | None = None
+        self._constant_checked = False  # the data-set gradient's check, done once
 
     def _leaves(self) -> V.Vector:
         return {k: t.clone().requires_grad_(True) for k, t in self.point.items()}
@@ -101,9 +102,10 @@ class HessianVectorProduct:
         for term, grad in terms:
             _check_finite(float(term.detach()))
             grads = list(grad.values())
-            if not any(g.requires_grad for g in grads):
+            if not self._constant_checked and not any(g.requires_grad for g in grads):
                 _, whole = self.objective.value_and_grad(self.point, dataset=self.dataset)
                 self._check_constant_gradient(list(whole.values()))
+                self._constant_checked = True
             hv = _second_backward(grads, list(leaves.values()), vs, retain=False, batched=batched)
             out = hv if out is None else [a + c for a, c in zip(out, hv, strict=True)]
         return out
