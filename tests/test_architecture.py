@@ -26,6 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
         "lossmap.results",
         "lossmap.store",
         "lossmap.linalg",
+        "lossmap.models",
+        "lossmap.distributed",
     ),
     ("lossmap.data",),
     ("lossmap.objective",),

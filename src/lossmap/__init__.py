@@ -10,6 +10,7 @@
 from lossmap import (
     connect,
     directions,
+    distributed,
     examples,
     hessian,
     sharpness,
@@ -36,6 +37,7 @@ __all__ = [
     # modules
     "connect",
     "directions",
+    "distributed",
     "examples",
     "hessian",
     "sharpness",

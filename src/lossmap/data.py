@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lossmap.distributed import share_range
+
 Batch = Any  # a tuple/list (inputs..., target), or a dict of tensors
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "make_dataset",
     "nbytes",
     "pair_of",
+    "slice_batch",
     "to_device",
     "total_memory",
     "weighted_sums",
@@ -167,6 +170,23 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
+def slice_batch(batch: Batch, lo: int, hi: int) -> Batch:
+    """Samples ``lo:hi`` of a batch: every tensor whose leading size is the batch's is
+    sliced (a view), anything else (a scalar, a per-batch tensor) is kept as it is."""
+    n = batch_size(batch)
+
+    def cut(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x[lo:hi] if x.ndim > 0 and x.shape[0] == n else x
+        if isinstance(x, Mapping):
+            return {k: cut(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(cut(v) for v in x)
+        return x
+
+    return cut(batch)
+
+
 def nbytes(batch: Batch) -> int:
     """Bytes held by the tensors in a batch."""
     if isinstance(batch, Tensor):
@@ -215,6 +235,7 @@ class DataSet:
     size: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     totals: Tensor | None = None
+    _shares: dict[tuple[int, int], list[Batch]] = field(default_factory=dict, repr=False)
 
     @property
     def in_memory(self) -> bool:
@@ -233,6 +254,35 @@ class DataSet:
         assert self.loader is not None
         for b in self.loader:
             yield to_device(b, self.device)
+
+    def share(self, rank: int, world: int) -> Iterable[Batch]:
+        """The batches of rank ``rank`` out of ``world`` (see :mod:`lossmap.distributed`):
+        held data, the samples of :func:`~lossmap.distributed.share_range` cut out of
+        the held batches (views, made once: the engine caches work per batch object);
+        a streamed loader, every ``world``-th batch from the ``rank``-th (the loader must
+        yield the same batches in the same order on every rank: no shuffling)."""
+        if world == 1:
+            return self
+        if self.batches is None:
+            return self._dealt(rank, world)
+        key = (rank, world)
+        if key not in self._shares:
+            lo, hi = share_range(self.count(), rank, world)
+            cut, at = [], 0
+            for b in self.batches:
+                n = batch_size(b)
+                a, z = max(lo - at, 0), min(hi - at, n)
+                if a < z:
+                    cut.append(b if (a, z) == (0, n) else slice_batch(b, a, z))
+                at += n
+            self._shares[key] = cut
+        return self._shares[key]
+
+    def _dealt(self, rank: int, world: int) -> Iterator[Batch]:
+        assert self.loader is not None
+        for i, b in enumerate(self.loader):
+            if i % world == rank:
+                yield to_device(b, self.device)
 
 
 def make_dataset(name: str, data: object, device: torch.device, cache_bytes: int) -> DataSet:

@@ -57,7 +57,8 @@ class HessianVectorProduct:
         self.point = {k: p[k].detach() for k in objective.theta0}
         self.dataset = objective.dataset(dataset).name
         self.reuse = reuse_graph and objective.dataset(self.dataset).in_memory
-        self.reduce = reduce
+        ranks = objective.ranks
+        self.reduce = reduce if reduce is not None or ranks is None else ranks.all_sum
         self._graph: tuple[list[Tensor], list[Tensor]] | None = None
         self._constant_checked = False  # the data-set gradient's check, done once
 
@@ -67,7 +68,9 @@ class HessianVectorProduct:
     def _build(self) -> tuple[list[Tensor], list[Tensor]]:
         """The gradient over the whole data set, with its graph, and its leaves."""
         leaves = self._leaves()
-        value, grad = self.objective.value_and_grad(leaves, dataset=self.dataset, create_graph=True)
+        value, grad = self.objective.value_and_grad(
+            leaves, dataset=self.dataset, create_graph=True, reduce=_local
+        )
         _check_finite(value)
         grads = list(grad.values())
         if not any(g.requires_grad for g in grads):
@@ -84,7 +87,7 @@ class HessianVectorProduct:
             for k, t in self.point.items()
         }
         moved = {k: (t + step[k]).requires_grad_(True) for k, t in self.point.items()}
-        _, other = self.objective.value_and_grad(moved, dataset=self.dataset)
+        _, other = self.objective.value_and_grad(moved, dataset=self.dataset, reduce=_local)
         diff = max(float((a - c).abs().max()) for a, c in zip(other.values(), grads, strict=True))
         scale = max(float(c.abs().max()) for c in grads)
         if diff > 1e-6 * max(scale, 1e-12):
@@ -103,7 +106,9 @@ class HessianVectorProduct:
             _check_finite(float(term.detach()))
             grads = list(grad.values())
             if not self._constant_checked and not any(g.requires_grad for g in grads):
-                _, whole = self.objective.value_and_grad(self.point, dataset=self.dataset)
+                _, whole = self.objective.value_and_grad(
+                    self.point, dataset=self.dataset, reduce=_local
+                )
                 self._check_constant_gradient(list(whole.values()))
                 self._constant_checked = True
             hv = _second_backward(grads, list(leaves.values()), vs, retain=False, batched=batched)
@@ -134,17 +139,25 @@ class HessianVectorProduct:
                 )
             else:
                 out = self._streamed(vs, batched=True)
-            return self._reduced(out)
+            return self._reduced(out, (k,))
         except _BatchedBackwardError:
             cols = [self([v[j] for v in vs]) for j in range(k)]
             return [torch.stack([c[i] for c in cols]) for i in range(len(vs))]
 
-    def _reduced(self, out: list[Tensor] | None) -> list[Tensor]:
+    def _reduced(self, out: list[Tensor] | None, lead: tuple[int, ...] = ()) -> list[Tensor]:
+        if out is None and self.objective.ranks is not None:  # an empty share of the data
+            out = [t.new_zeros(lead + t.shape) for t in self.point.values()]
         if out is None:
             raise ValueError(f"data set {self.dataset!r} yields no batches")
         if self.reduce is not None:
             out = self.reduce(out)
         return out
+
+
+def _local(parts: list[Tensor]) -> list[Tensor]:
+    """No reduction: this process's share as it is (the gradient graph of a product is
+    built locally; the product is what is summed over processes)."""
+    return parts
 
 
 def _check_finite(value: float) -> None:

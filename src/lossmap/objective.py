@@ -31,6 +31,8 @@ from torch.func import functional_call
 from lossmap import data as D
 from lossmap import vectors as V
 from lossmap.data import Batch, DataSet, batch_size, make_dataset, total_memory
+from lossmap.distributed import Ranks, detect
+from lossmap.models import NORM_TYPES, Caller, set_mode, tied_names, unwrap
 
 LossFn = Callable[[Callable[..., Any], Batch], Any]
 """``loss(model, batch)``: the batch's mean loss, or a ``(sum, count)`` pair."""
@@ -47,16 +49,6 @@ __all__ = [
     "tied_names",
     "unwrap",
 ]
-
-
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
-if hasattr(nn, "RMSNorm"):
-    _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
 
 
 def accuracy(output: Tensor, target: Tensor) -> Tensor:
@@ -99,68 +91,6 @@ def _default_metrics(criterion: object) -> dict[str, Metric]:
     return {}
 
 
-@contextlib.contextmanager
-def _mode(module: nn.Module, train: bool) -> Iterator[None]:
-    """Set train/eval mode for the duration, then restore every submodule's own flag."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.train(train)
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-class _Caller:
-    """Stands in for the model inside a custom ``loss(model, batch)``: calls it at θ."""
-
-    def __init__(self, module: nn.Module, tensors: dict[str, Tensor]) -> None:
-        self._module = module
-        self._tensors = tensors
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self._module, self._tensors, args, kwargs)
-
-
-def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
-    """The module inside ``nn.DataParallel`` / ``DistributedDataParallel`` /
-    ``torch.compile`` wrappers (nested too), and the prefix they add to state-dict keys.
-
-    Functional calls cannot go through these wrappers (DataParallel refuses the
-    stateless API; a compiled module's donated buffers refuse double backward), and the
-    wrapped module computes the same function.
-    """
-    prefix = ""
-    while True:
-        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            model, prefix = model.module, prefix + "module."
-            continue
-        inner = getattr(model, "_orig_mod", None)
-        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
-            model, prefix = inner, prefix + "_orig_mod."
-            continue
-        return model, prefix
-
-
-def tied_names(model: nn.Module) -> dict[str, str]:
-    """Tied parameters and buffers: ``{alias: name}`` for every name that refers to a
-    tensor already listed under ``name`` (e.g. a language model's ``lm_head.weight``
-    tied to its token embedding). ``named_parameters()`` lists each tensor once, under
-    ``name``; a ``state_dict()`` holds both keys."""
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    named = [
-        *model.named_parameters(remove_duplicate=False),
-        *model.named_buffers(remove_duplicate=False),
-    ]
-    for name, t in named:
-        if id(t) in first:
-            aliases[name] = first[id(t)]
-        else:
-            first[id(t)] = name
-    return aliases
-
-
 class Objective:
     """A model, a loss and data sets: per-batch statistics and derivatives at any θ.
 
@@ -189,6 +119,7 @@ class Objective:
             )
         if data is None:
             raise ValueError("data is required: (X, y) tensors, a DataLoader, or a dict of them")
+        self.ranks: Ranks | None = detect()  # in a group of several processes: shared
         inner, self.wrapper_prefix = unwrap(model)
         if inner is not model:
             warnings.warn(
@@ -331,7 +262,7 @@ class Objective:
         """Names of the trainable parameters that belong to normalisation layers."""
         out: set[str] = set()
         for mname, m in self.model.named_modules():
-            if isinstance(m, _NORM_TYPES):
+            if isinstance(m, NORM_TYPES):
                 for pname, _ in m.named_parameters(recurse=False):
                     full = f"{mname}.{pname}" if mname else pname
                     if full in self._params0:
@@ -369,6 +300,22 @@ class Objective:
         }
         return new
 
+    def distribute(self, mode: str | Ranks | None) -> Self:
+        """The same objective, its work shared by the ranks of the initialised process
+        group in ``mode`` (``"points"`` or ``"data"``, see :mod:`lossmap.distributed`;
+        or the :class:`~lossmap.distributed.Ranks` that ``distributed.init`` returned),
+        or not shared (``None``). Built inside a group of several ranks, an objective
+        shares points by default."""
+        new = copy.copy(self)
+        new.ranks = detect(mode) if isinstance(mode, str) else mode
+        return new
+
+    def local(self, name: str | None = None) -> Iterable[Batch]:
+        """The batches of a data set this process takes derivatives over: its share
+        when the work is shared by ranks, all of them otherwise."""
+        ds = self.dataset(name)
+        return ds if self.ranks is None else ds.share(self.ranks.rank, self.ranks.world)
+
     def canonical_state(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A state dict keyed like this objective's tensors: the prefix of a wrapper the
         model had (``module.``, ``_orig_mod.``) removed when every key carries it, and
@@ -397,7 +344,7 @@ class Objective:
     # ------------------------------------------------------------- per batch
     def mode(self) -> contextlib.AbstractContextManager[None]:
         """Context manager: the model in eval (or train) mode, restored afterwards."""
-        return _mode(self.model, self.train_mode)
+        return set_mode(self.model, self.train_mode)
 
     def batch_stats(
         self, params: Mapping[str, Tensor], batch: Batch, *, metrics: bool = True
@@ -430,7 +377,7 @@ class Objective:
     def _returns(self, params: Mapping[str, Tensor], batch: Batch, *, metrics: bool) -> list[Any]:
         """What ``loss(model, batch)`` (and each metric) returns at ``params``."""
         assert self.loss_fn is not None
-        caller = _Caller(self.model, {**self._fixed_for(params), **params})
+        caller = Caller(self.model, {**self._fixed_for(params), **params})
         vals = [self.loss_fn(caller, batch)]
         return vals + [m(caller, batch) for m in self.metrics.values()] if metrics else vals
 
@@ -530,7 +477,7 @@ class Objective:
         leaves = self.leaves(point)
         weighted = self.stat_forms()[0]
         if batches is None:
-            ds: Iterable[Batch] = self.dataset(dataset)
+            ds: Iterable[Batch] = self.local(dataset)
             totals = self.weight_totals(dataset) if weighted else None
             total = self.dataset_size(dataset) if totals is None else float(totals[0])
         else:
@@ -574,7 +521,10 @@ class Objective:
         The sum of :meth:`gradients` over the batches, in order; the value is summed
         in double precision. ``reduce`` (e.g. an all-reduce over processes that each
         hold a share of the batches) receives ``[value, *gradient]`` as tensors and
-        returns their sums; it is the one place where several processes meet.
+        returns their sums; it is the one place where several processes meet. Over the
+        data set (no ``batches``) of an objective shared by ranks (:attr:`ranks`), each
+        process takes its share and ``reduce`` defaults to their all-reduce; given
+        ``batches`` are the caller's, whole on every rank, and not reduced.
 
         >>> import torch
         >>> from torch import nn
@@ -592,8 +542,14 @@ class Objective:
         ):
             value += float(term.detach())
             grad = g if grad is None else {k: grad[k] + g[k] for k in grad}
+        shared = self.ranks is not None and batches is None
+        if grad is None and shared:  # this rank's share is empty; the others' are not
+            grad = {k: torch.zeros_like(t) for k, t in self._params0.items()}
         if grad is None:
             raise ValueError("the data set yields no batches: no samples to take a gradient over")
+        if reduce is None and shared:
+            assert self.ranks is not None
+            reduce = self.ranks.all_sum
         if reduce is not None:
             parts = reduce([torch.tensor(value, dtype=torch.float64), *grad.values()])
             value, grad = float(parts[0]), dict(zip(grad, parts[1:], strict=True))

@@ -90,7 +90,8 @@ def run(
     streaming = any(not land.datasets[d].in_memory for d in dsets)
     out = np.empty((n, len(dsets) * len(land.stat_names)))
     done_mask = np.zeros(n, dtype=bool)
-    stored = _resume(journal, view, out, done_mask, info) if journal is not None else None
+    ranks = land.ranks
+    journal, stored = _start(land, journal, view, out, done_mask, info)
 
     with land.mode(), torch.inference_mode():
         for d in dsets:  # (sum, count) losses: each data set's tokens, counted once, first
@@ -112,6 +113,11 @@ def run(
         if chunk_size is None:
             vchunk = vmap_chunk(land, n, budget)
             chunk_size = default_chunk_size(land, strategy, n, vchunk, budget, streaming)
+        if ranks is not None:  # rank 0's settings, the same on every rank
+            strategy, chunk_size, info["reason"] = ranks.broadcast(
+                (strategy, chunk_size, info["reason"])
+            )
+            probed = probed if probed is not None and probed.strategy == strategy else None
         # The probe's evaluator keeps the first layer's products it computed on the data.
         ev = probed if probed is not None else Evaluator(land, points, strategy)
         if journal is not None and stored is None:
@@ -123,6 +129,27 @@ def run(
         info["chunk_size"] = chunk_size
         _compute(ev, land, points, dsets, chunk_size, out, done_mask, info, progress, journal, view)
     return _result(land, dsets, out, info, t_start)
+
+
+def _start(
+    land: Objective,
+    journal: Journal | None,
+    view: str,
+    out: np.ndarray,
+    done_mask: np.ndarray,
+    info: dict[str, Any],
+) -> tuple[Journal | None, dict[str, Any] | None]:
+    """:func:`_resume` from the journal; with ranks, rank 0 alone keeps the journal and
+    hands every rank what it holds. Returns the journal this rank writes to (if any) and
+    the first attempt's engine settings."""
+    ranks = land.ranks
+    if ranks is not None and not ranks.main:
+        journal = None
+    stored = _resume(journal, view, out, done_mask, info) if journal is not None else None
+    if ranks is not None:
+        info["ranks"] = {"world": ranks.world, "mode": ranks.mode}
+        stored, out[:], done_mask[:] = ranks.broadcast((stored, out, done_mask))
+    return journal, stored
 
 
 def _resume(
@@ -155,34 +182,61 @@ def _compute(
     journal: Journal | None,
     view: str,
 ) -> None:
-    """Fill the rows of ``out`` not yet done, chunk by chunk; an out-of-memory error
-    halves the chunk (recorded in ``info``) and goes on."""
+    """Fill the rows of ``out`` not yet done, chunk by chunk (with ranks sharing points,
+    a round of one chunk per rank at a time); an out-of-memory error halves the chunk
+    (recorded in ``info``) and goes on."""
     n = len(out)
     queue = [c for c in chunks(n, chunk_size) if not done_mask[c].all()]
     queue = [c[~done_mask[c]] for c in queue]
     done = int(done_mask.sum())
     if progress is not None and done:
         progress(done, n)
+    ranks = land.ranks
+    deal = ranks is not None and ranks.mode == "points"
     while queue:
-        idx = queue.pop(0)
-        try:
-            rows = _passes(ev, land, points, idx, dsets, cache=True).numpy()
-        except torch.OutOfMemoryError:
-            if len(idx) == 1:
-                raise
-            half = len(idx) // 2
-            queue[:0] = [idx[:half], idx[half:]]
-            info["chunk_size"] = half
-            info.setdefault("oom_halvings", 0)
-            info["oom_halvings"] += 1
-            log.warning("out of memory on %d points: halving the chunk to %d", len(idx), half)
-            continue
-        out[idx] = rows
-        if journal is not None:
-            journal.add_rows(view, idx, rows)
-        done += len(idx)
+        if deal:
+            assert ranks is not None
+            round_, queue = queue[: ranks.world], queue[ranks.world :]
+            mine = round_[ranks.rank] if ranks.rank < len(round_) else None
+            rows: np.ndarray | None = (
+                None if mine is None else _rows(ev, land, points, mine, dsets, info)
+            )
+            gathered = ranks.all_gather((mine, rows))
+            finished = [(i, r) for i, r in gathered if i is not None and r is not None]
+        else:
+            first = queue.pop(0)
+            finished = [(first, _rows(ev, land, points, first, dsets, info))]
+        for idx, vals in finished:
+            out[idx] = vals
+            if journal is not None:
+                journal.add_rows(view, idx, vals)
+            done += len(idx)
         if progress is not None:
             progress(done, n)
+
+
+def _rows(
+    ev: Evaluator,
+    land: Objective,
+    points: PointSet,
+    idx: np.ndarray,
+    dsets: Sequence[str],
+    info: dict[str, Any],
+) -> np.ndarray:
+    """The rows of the points ``idx``; out of memory, the two halves one after the other
+    (recorded in ``info``). With ranks sharing the data every rank must take the same
+    halves; a one-sided out-of-memory error there ends in a :class:`RankFailure`."""
+    try:
+        return _passes(ev, land, points, idx, dsets, cache=True).numpy()
+    except torch.OutOfMemoryError:
+        if len(idx) == 1:
+            raise
+    half = len(idx) // 2
+    info["chunk_size"] = half
+    info["oom_halvings"] = info.get("oom_halvings", 0) + 1
+    log.warning("out of memory on %d points: halving the chunk to %d", len(idx), half)
+    first = _rows(ev, land, points, idx[:half], dsets, info)
+    return np.concatenate([first, _rows(ev, land, points, idx[half:], dsets, info)])
 
 
 def _passes(
@@ -195,21 +249,27 @@ def _passes(
 ) -> Tensor:
     """``[len(idx), len(dsets) * n_stats]`` float64 data-set means for the points ``idx``:
     the sums over batches divided by the number of samples, or where callables return
-    ``(sum, count)`` pairs by the counts summed over the data set (``weight_totals``)."""
+    ``(sum, count)`` pairs by the counts summed over the data set (``weight_totals``).
+    With ranks sharing the data, each sums over its share and the sums and the sample
+    counts are all-reduced."""
     params = points.stacked(idx, ev.keys)
+    ranks = land.ranks if land.ranks is not None and land.ranks.mode == "data" else None
     cols = []
     for name in dsets:
         ds = land.datasets[name]
         totals = land.weight_totals(name)
-        acc = None
+        acc = torch.zeros(len(idx), len(land.stat_names), dtype=torch.float64, device=land.device)
         count = 0
-        for b in ds:
+        for b in ds if ranks is None else ds.share(ranks.rank, ranks.world):
             part = ev(params, idx, b, cache and ds.in_memory).double()
-            acc = part if acc is None else acc + part
+            acc = part if count == 0 else acc + part
             count += batch_size(b)
+        if ranks is not None:
+            here = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
+            acc, total = ranks.all_sum([acc, here])
+            count = int(total.item())
         if ds.size is None:
             ds.size = count
-        assert acc is not None
         cols.append(acc / count if totals is None else acc / totals.to(acc.device))
     return torch.cat(cols, dim=1).cpu()
 

@@ -1,0 +1,260 @@
+"""lossmap under torchrun: shares of data, points dealt to ranks, dead ranks, resume.
+
+The multi-process tests launch ``tests/torchrun_job.py`` (an MLP on 203 samples in
+float64: a 9 × 7 plane in chunks of 4 points, the top 5 Hessian eigenvalues, a Hutch++
+trace and a gradient) with ``torchrun`` on the gloo backend, two ranks of one thread,
+and compare with the same job in one process: points mode must give the plane bit for
+bit (the same chunks, the same arithmetic), data mode to rounding (its sums are
+grouped by share), and every rank must hold the same eigenvalues (Lanczos in lockstep).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lossmap import distributed
+from lossmap.data import DataSet, batch_size, slice_batch
+
+JOB = Path(__file__).with_name("torchrun_job.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+KEYS = ("loss", "test_loss", "acc", "eig", "trace", "value", "grad")
+
+
+# ----------------------------------------------------------------- shares
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("n", [0, 1, 5, 203, 1000])
+def test_share_range_covers_every_sample_once(n: int, world: int) -> None:
+    parts = [distributed.share_range(n, r, world) for r in range(world)]
+    covered = [i for lo, hi in parts for i in range(lo, hi)]
+    assert covered == list(range(n))  # each sample once, in order
+    sizes = [hi - lo for lo, hi in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_share_range_refuses_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        distributed.share_range(10, 2, 2)
+
+
+def test_held_share_cuts_batches_across_their_borders() -> None:
+    # Three held batches of 4, 4, 2 samples (dict batches with a per-batch scalar).
+    batches = [
+        {"x": torch.arange(a, b), "scale": torch.tensor(1.0)} for a, b in ((0, 4), (4, 8), (8, 10))
+    ]
+    ds = DataSet("train", batches, None, 10)
+    got = [[int(v) for b in ds.share(r, 3) for v in b["x"]] for r in range(3)]
+    assert got == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert all(b["scale"].ndim == 0 for r in range(3) for b in ds.share(r, 3))
+    assert ds.share(1, 3) is ds.share(1, 3)  # made once: the engine caches per batch object
+    assert list(ds.share(0, 1)) == batches
+
+
+def test_streamed_share_deals_batches() -> None:
+    loader = [(torch.full((2, 1), float(i)), torch.zeros(2)) for i in range(5)]
+    ds = DataSet("train", None, loader, 10)
+    got = [[int(b[0][0, 0]) for b in ds.share(r, 2)] for r in range(2)]
+    assert got == [[0, 2, 4], [1, 3]]
+
+
+def test_slice_batch_keeps_what_has_no_batch_dimension() -> None:
+    b = (torch.zeros(6, 3), torch.arange(6), torch.ones(3, 6))
+    cut = slice_batch(b, 2, 5)
+    assert batch_size(cut) == 3 and cut[1].tolist() == [2, 3, 4]
+    assert cut[2].shape == (3, 6)  # leading size 3 ≠ 6: not a per-sample tensor
+
+
+def test_ranks_refuse_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="points, data"):
+        distributed.Ranks(0, 2, "pixels")
+    with pytest.raises(ValueError, match="timeout"):
+        distributed.init("points", timeout=0)
+
+
+def test_one_process_shares_nothing() -> None:
+    assert distributed.init("data") is None  # no WORLD_SIZE: nothing to join
+    assert distributed.detect() is None
+
+
+# ----------------------------------------------------------------- torchrun
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _torchrun(nproc: int, *job: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        *TORCHRUN,
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        str(JOB),
+        *job,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _single(out: Path, *extra: str) -> dict[str, np.ndarray]:
+    cmd = [sys.executable, str(JOB), "none", str(out), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    return _single(tmp_path_factory.mktemp("one") / "one.npz")
+
+
+def _check(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], *, exact: bool) -> None:
+    assert str(got["strategy"]) == str(ref["strategy"]) == "vmap"
+    for k in KEYS:
+        if exact and k in ("loss", "test_loss", "acc"):
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+@pytest.mark.parametrize("mode", ["points", "data"])
+def test_two_ranks_equal_one_process(
+    mode: str, reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    out = tmp_path / "two.npz"
+    r = _torchrun(2, mode, str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check(dict(np.load(out)), reference, exact=mode == "points")
+    # Lanczos in lockstep: both ranks hold the same eigenvalues, bit for bit.
+    np.testing.assert_array_equal(np.load(f"{out}.eig0.npy"), np.load(f"{out}.eig1.npy"))
+
+
+def test_data_mode_streams_a_loader_in_shares(tmp_path: Path) -> None:
+    ref = _single(tmp_path / "one.npz", "--streamed")
+    out = tmp_path / "two.npz"
+    r = _torchrun(2, "data", str(out), "--streamed")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check(dict(np.load(out)), ref, exact=False)
+
+
+def test_a_dead_rank_stops_the_job_and_a_rerun_resumes(
+    reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    journal = str(tmp_path / "journal.sqlite")
+    out = tmp_path / "two.npz"
+    r = _torchrun(2, "points", str(out), "--journal", journal, "--die-after", "3")
+    assert r.returncode != 0 and not out.exists()
+    assert "rank      : 1" in r.stderr and "SIGKILL" in r.stderr  # torchrun names the dead rank
+    from lossmap.store import Journal
+
+    with Journal(journal, {"job": 1}) as j:
+        done = j.progress()["plane"]["done"]
+    assert 0 < done < 63  # rank 0 journaled the rounds before the death, and no more
+    # Rerun with two ranks: the finished chunks are not recomputed, the file is the same.
+    r = _torchrun(2, "points", str(out), "--journal", journal)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check(dict(np.load(out)), reference, exact=True)
+
+
+def test_resume_with_another_number_of_ranks(
+    reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    journal = str(tmp_path / "journal.sqlite")
+    out = tmp_path / "two.npz"
+    r = _torchrun(2, "points", str(out), "--journal", journal, "--die-after", "2")
+    assert r.returncode != 0
+    got = _single(tmp_path / "one.npz", "--journal", journal)  # resumed by one process
+    _check(got, reference, exact=True)
+
+
+def _two_processes(tmp_path: Path, *job: str) -> list[subprocess.Popen[str]]:
+    """Rank 0 and rank 1 started by hand (no torchrun agent to stop the survivor)."""
+    env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    cmd = [sys.executable, str(JOB), "points", str(tmp_path / "x.npz"), *job]
+    return [
+        subprocess.Popen(
+            cmd,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+
+
+def _failure_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if "RankFailure:" in ln]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "rank 0 of 2" in lines[0] and "run the same command again" in lines[0]
+    return lines[0]
+
+
+def test_the_survivor_of_a_dead_rank_says_so_in_one_line(tmp_path: Path) -> None:
+    """Rank 0 meets the dead rank in its next collective and fails at once."""
+    procs = _two_processes(tmp_path, "--die-after", "2")
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert procs[1].returncode == -9 and procs[0].returncode != 0
+    assert "20 s" in _failure_line(errs[0])  # the job's timeout, named
+
+
+def test_a_rank_that_stops_answering_times_out(tmp_path: Path) -> None:
+    """Rank 1 hangs (alive, silent): rank 0 gives up after the timeout set, not never."""
+    procs = _two_processes(tmp_path, "--hang-after", "2", "--timeout", "4")
+    try:
+        err = procs[0].communicate(timeout=90)[1]
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert procs[0].returncode != 0
+    assert "4 s" in _failure_line(err)
+
+
+def test_two_hosts(reference: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """Two torchrun launches on localhost, one process each, meeting through c10d."""
+    port = _free_port()
+    out = tmp_path / "two.npz"
+
+    def launch(node: int) -> subprocess.Popen[str]:
+        cmd = [
+            *TORCHRUN,
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "lossmap-test",
+            str(JOB),
+            "data",
+            str(out),
+        ]
+        return subprocess.Popen(
+            cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    hosts = [launch(0), launch(1)]
+    errs = [h.communicate(timeout=180)[1] for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    _check(dict(np.load(out)), reference, exact=False)
