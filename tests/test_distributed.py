@@ -258,3 +258,58 @@ def test_two_hosts(reference: dict[str, np.ndarray], tmp_path: Path) -> None:
     errs = [h.communicate(timeout=180)[1] for h in hosts]
     assert [h.returncode for h in hosts] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     _check(dict(np.load(out)), reference, exact=False)
+
+
+# ----------------------------------------------------------------- the command
+UNSEEDED = """
+import os
+import torch
+from torch import nn
+
+def per_rank():
+    torch.manual_seed(int(os.environ.get("RANK", "0")))  # a different θ0 on every rank
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), nn.CrossEntropyLoss(), (x, y)
+"""
+
+
+def _torchrun_cli(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [*TORCHRUN, "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d"]
+    cmd += ["--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "lossmap", *args]
+    env = dict(_env(), PYTHONPATH=os.pathsep.join([str(cwd), _env()["PYTHONPATH"]]))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_command_under_torchrun_writes_once_what_one_process_writes(
+    factories: str, tmp_path: Path
+) -> None:
+    from lossmap import load
+
+    plane = ["plane", "--model", "userfactories:good", "--steps", "7", "--chunk-size", "5"]
+    r = _torchrun_cli(2, "--split", "points", *plane, "--out", "two", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote two/") == 1  # rank 0 talks; rank 1 writes nothing
+    one = subprocess.run(
+        [sys.executable, "-m", "lossmap", *plane, "--out", "one"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(_env(), PYTHONPATH=os.pathsep.join([str(tmp_path), _env()["PYTHONPATH"]])),
+        cwd=tmp_path,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = load(tmp_path / "one" / "surface.h5"), load(tmp_path / "two" / "surface.h5")
+    for k in a.values:
+        np.testing.assert_array_equal(a.values[k], b.values[k], err_msg=k)
+    assert b.meta["engine"]["ranks"] == {"world": 2, "mode": "points"}
+
+
+def test_command_refuses_ranks_that_built_different_models(tmp_path: Path) -> None:
+    (tmp_path / "unseeded.py").write_text(UNSEEDED)
+    args = ["plane", "--model", "unseeded:per_rank", "--steps", "5", "--out", "x"]
+    r = _torchrun_cli(2, *args, cwd=tmp_path)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert lines and "differs between rank 0 and rank(s) [1]" in lines[0], r.stderr[-2000:]
+    assert "seed" in lines[0]

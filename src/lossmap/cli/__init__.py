@@ -14,15 +14,17 @@ one line and an exit status.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import signal
 import sqlite3
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from lossmap.cli._common import CURRENT_RUN, CliError, app, join_span_pairs
+from lossmap.distributed import RankFailure
 
 # The commands register themselves on ``app`` in this order (``lossmap --help``).
 # isort: off
@@ -32,6 +34,39 @@ from lossmap.cli import plot, demo, runs  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]
+
+
+class Split(str, enum.Enum):
+    points = "points"
+    data = "data"
+
+
+@app.callback()
+def _options(
+    split: Annotated[
+        Split,
+        typer.Option(
+            "--split",
+            envvar="LOSSMAP_SPLIT",
+            help="Under torchrun: ranks share the points of a grid (bit-identical to one "
+            "process) or the samples of the data (for big data; equal up to rounding).",
+        ),
+    ] = Split.points,
+    rank_timeout: Annotated[
+        float,
+        typer.Option(
+            "--rank-timeout",
+            min=1.0,
+            envvar="LOSSMAP_RANK_TIMEOUT",
+            help="Under torchrun: seconds a rank waits for the others before the job stops.",
+        ),
+    ] = 600.0,
+) -> None:
+    """Loss landscapes of PyTorch models: lines, planes, curvature, sharpness, paths.
+
+    On several processes: torchrun --nproc-per-node N -m lossmap [--split data] COMMAND ...
+    """
+    CURRENT_RUN.update(split=split.value, rank_timeout=rank_timeout)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -58,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     except (CliError, ValueError, TypeError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except RankFailure as e:  # another rank died or went silent: resumable
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
     except sqlite3.Error as e:  # the journal: disk full, or a file that is not ours
         where = CURRENT_RUN.get("journal") or "the run journal"
         typer.echo(

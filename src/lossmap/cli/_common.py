@@ -31,6 +31,12 @@ class CliError(Exception):
 CURRENT_RUN: dict[str, Any] = {"argv": [], "journal": None, "run_id": None}
 
 
+def secondary_rank() -> bool:
+    """Whether this process is a rank other than 0 of a ``torchrun`` job: it computes
+    its share and writes nothing (rank 0 writes the run folder and talks)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 class Example(str, enum.Enum):
     digits = "digits"
     linear = "linear"
@@ -327,7 +333,7 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         TimeRemainingColumn(),
         console=console,
         transient=not console.is_terminal,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or secondary_rank(),
     ) as bar:
         task = bar.add_task(label, total=None)
 
@@ -382,13 +388,13 @@ def library_versions() -> dict[str, str]:
 
 
 def echo(lines: list[str]) -> None:
-    for line in lines:
+    for line in [] if secondary_rank() else lines:
         typer.echo(line)
 
 
 def echo_err(lines: list[str]) -> None:
-    """Warnings and notes: on stderr, one line each."""
-    for line in lines:
+    """Warnings and notes: on stderr, one line each (rank 0's only, under torchrun)."""
+    for line in [] if secondary_rank() else lines:
         typer.echo(line, err=True)
 
 

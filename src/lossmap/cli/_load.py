@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from lossmap.cli._common import CliError, Device, Example
+from lossmap.cli._common import CURRENT_RUN, CliError, Device, Example
 
 
 # ----------------------------------------------------------------- helpers
@@ -90,12 +90,35 @@ def _import_factory(spec: str) -> Callable[[], Any]:
 
 
 def build_landscape(model: str | None, example: Example | None, device: Device) -> Any:
-    """The Landscape named by ``--model`` (a factory) or ``--example``."""
-    import lossmap as lm
-
+    """The Landscape named by ``--model`` (a factory) or ``--example``; under torchrun,
+    its work shared by the ranks (``lossmap --split``), checked to be the same on each."""
     if (model is None) == (example is None):
         raise CliError("give exactly one of --model package.module:factory or --example NAME")
     dev = _device(device)
+    ranks = _join_ranks(dev)
+    land = _build(model, example, dev)
+    if ranks is None:
+        return land
+    from lossmap.store import hash_tensors
+
+    ranks.check_same("θ0 (the model's parameters)", hash_tensors(land.theta0))
+    return land.distribute(ranks)
+
+
+def _join_ranks(dev: str | None) -> Any:
+    """The process group of a torchrun job (``None`` outside one)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import lossmap as lm
+
+    split = CURRENT_RUN.get("split", "points")
+    timeout = float(CURRENT_RUN.get("rank_timeout", lm.distributed.DEFAULT_TIMEOUT))
+    return lm.distributed.init(split, timeout=timeout, device=dev)
+
+
+def _build(model: str | None, example: Example | None, dev: str | None) -> Any:
+    import lossmap as lm
+
     if example is not None:
         land = _example(example)
         return land if dev is None or str(land.device) == dev else _rebuild(land, dev)

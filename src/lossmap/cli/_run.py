@@ -24,6 +24,8 @@ line.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ from lossmap.cli._common import (
     library_versions,
     pid_alive,
     prepare_out,
+    secondary_rank,
     write_json,
 )
 
@@ -79,8 +82,15 @@ class RunFolder:
         self._fields: dict[str, Any] = {}
         self._after_files: dict[str, Any] = {}
         self._warnings: list[str] = []
+        self._private: Path | None = None
 
     def __enter__(self) -> RunFolder:
+        if secondary_rank():
+            # Under torchrun, ranks other than 0 compute their share and write nowhere
+            # the user sees: their copies of the files go to a private folder, removed.
+            self._private = Path(tempfile.mkdtemp(prefix="lossmap-rank-"))
+            self.out = self._private
+            return self
         self.out = prepare_out(self.out)
         return self
 
@@ -90,6 +100,9 @@ class RunFolder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            return
         if exc_type is not None:
             return  # nothing more is written; main() reports the exception
         self._write_record()
