@@ -50,6 +50,7 @@ from torch import Tensor
 __all__ = [
     "MODES",
     "RankFailure",
+    "dealt_chunk",
     "Ranks",
     "detect",
     "init",
@@ -86,6 +87,23 @@ def share_range(n: int, rank: int, world: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
+
+
+ROUNDS_PER_RANK = 4
+"""Points mode deals at least this many chunks to each rank where the grid allows, so
+that no rank idles while another finishes a long last chunk."""
+
+
+def dealt_chunk(chunk: int, n: int, world: int) -> int:
+    """The chunk size for ``n`` points dealt to ``world`` ranks: ``chunk`` (what one
+    process would take), made small enough that each rank gets
+    :data:`ROUNDS_PER_RANK` chunks. A given ``chunk_size`` is never changed: a single
+    process with the same one computes the same chunks, bit for bit.
+
+    >>> dealt_chunk(64, 441, 2), dealt_chunk(64, 25, 2), dealt_chunk(3, 25, 2)
+    (56, 4, 3)
+    """
+    return max(1, min(chunk, -(-n // (ROUNDS_PER_RANK * world))))
 
 
 def _dist() -> Any:

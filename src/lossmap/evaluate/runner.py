@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lossmap.data import batch_size
+from lossmap.distributed import dealt_chunk
 from lossmap.evaluate.choice import choose_and_probe, eligible
 from lossmap.evaluate.memory import default_chunk_size, memory_budget, vmap_chunk
 from lossmap.evaluate.points import EvalResult, PointSet, Progress, chunks
@@ -113,6 +114,8 @@ def run(
         if chunk_size is None:
             vchunk = vmap_chunk(land, n, budget)
             chunk_size = default_chunk_size(land, strategy, n, vchunk, budget, streaming)
+            if ranks is not None and ranks.mode == "points":
+                chunk_size = dealt_chunk(chunk_size, n, ranks.world)
         if ranks is not None:  # rank 0's settings, the same on every rank
             strategy, chunk_size, info["reason"] = ranks.broadcast(
                 (strategy, chunk_size, info["reason"])
