@@ -97,9 +97,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(nproc: int, *job: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _torchrun(
+    nproc: int, *job: str, timeout: float = 180, restarts: int = 0
+) -> subprocess.CompletedProcess[str]:
     cmd = [
         *TORCHRUN,
+        "--max-restarts",
+        str(restarts),
         "--nproc-per-node",
         str(nproc),
         "--rdzv-backend",
@@ -169,6 +173,19 @@ def test_a_dead_rank_stops_the_job_and_a_rerun_resumes(
     # Rerun with two ranks: the finished chunks are not recomputed, the file is the same.
     r = _torchrun(2, "points", str(out), "--journal", journal)
     assert r.returncode == 0, r.stderr[-3000:]
+    _check(dict(np.load(out)), reference, exact=True)
+
+
+def test_torchrun_restarts_resume_from_the_journal(
+    reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """``torchrun --max-restarts 1``: rank 1 dies, torchrun restarts both ranks, and the
+    second attempt resumes from rank 0's journal."""
+    journal = str(tmp_path / "journal.sqlite")
+    out = tmp_path / "two.npz"
+    r = _torchrun(2, "points", str(out), "--journal", journal, "--die-after", "3", restarts=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exitcode: -9" in r.stderr  # the first attempt did die
     _check(dict(np.load(out)), reference, exact=True)
 
 

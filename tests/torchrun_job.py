@@ -59,8 +59,12 @@ def main() -> None:
 
     def progress(done: int, total: int) -> None:
         chunks[0] += 1
-        if ranks is None or ranks.rank != 1:
-            return
+        if (
+            ranks is None
+            or ranks.rank != 1
+            or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        ):
+            return  # only rank 1 of a first attempt fails (a torchrun restart goes through)
         if a.die_after is not None and chunks[0] > a.die_after:
             os.kill(os.getpid(), signal.SIGKILL)
         if a.hang_after is not None and chunks[0] > a.hang_after:

@@ -246,7 +246,13 @@ def init(
             backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        limit = datetime.timedelta(seconds=timeout)
+        # Each attempt of a job torchrun restarts (--max-restarts) meets under its own
+        # prefix: the keys a dead attempt left in a reused store must not be read.
+        store, rank, world = next(dist.rendezvous("env://", timeout=limit))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"lossmap/attempt-{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=limit)
         # The group this call made is ended at exit (gloo can abort a process that
         # exits with it alive: "terminate called without an active exception").
         atexit.register(_finish)
