@@ -25,7 +25,8 @@ them, and return eigenvectors as parameter dicts.
 HVPs use double backward through a gradient graph that is built once per point and
 reused for every product (as PyHessian does): measured faster here than
 forward-over-reverse (``torch.func.jvp`` of ``grad``), see ``benchmarks/curvature.py``.
-Data sets that are streamed rather than held rebuild the graph batch by batch.
+Data sets that are streamed rather than held, or held but too large for the graph to
+fit in memory (:func:`graph_fits`), rebuild the graph batch by batch.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
 from lossmap import vectors as V
+from lossmap.data import batch_size, total_memory
+from lossmap.evaluate.memory import output_sizes
 from lossmap.hvp import HessianVectorProduct
 from lossmap.landscape import Landscape
 from lossmap.linalg import (
@@ -68,6 +71,7 @@ __all__ = [
     "Trace",
     "dense",
     "eigenvalues",
+    "graph_fits",
     "lanczos",
     "power_iteration",
     "spectral_density",
@@ -98,9 +102,15 @@ class HessianOperator(LinearOperator):
         point: Mapping[str, Tensor] | None = None,
         *,
         dataset: str | None = None,
-        reuse_graph: bool = True,
+        reuse_graph: bool | None = None,
     ) -> None:
         self.land = land
+        if reuse_graph is None:
+            reuse_graph = graph_fits(land, dataset)
+        self.reuse_graph = reuse_graph
+        """Whether the gradient graph over the whole data set is kept for every product
+        (else it is rebuilt batch by batch for each product: one more forward and
+        backward pass per product, memory of one batch)."""
         self._product = HessianVectorProduct(land, point, dataset=dataset, reuse_graph=reuse_graph)
         self.point = self._product.point
         self.dataset = self._product.dataset
@@ -153,6 +163,33 @@ class HessianOperator(LinearOperator):
 
     def _adjoint(self) -> HessianOperator:
         return self
+
+
+GRAPH_COPIES = 4
+"""A gradient graph kept for double backward holds about this many times the forward
+pass's activations (the forward's saved tensors, the backward's, and the gradient built
+with ``create_graph``): a deliberately generous factor."""
+GRAPH_MEMORY_FRACTION = 0.25
+"""Share of the device's total memory a kept gradient graph may take."""
+
+
+def graph_fits(land: Landscape, dataset: str | None = None) -> bool:
+    """Whether the gradient graph over a held data set (this rank's share of it under
+    torchrun) fits in :data:`GRAPH_MEMORY_FRACTION` of the device's total memory, at
+    :data:`GRAPH_COPIES` times the activations of a forward pass: then every product
+    reuses it (PyHessian's way, the fastest); otherwise each product rebuilds it batch
+    by batch (the memory of one batch: ResNet-20 on 8,000 images would need ~40 GB
+    otherwise). From total memory and sizes only, so the same on every run.
+    """
+    ds = land.dataset(dataset)
+    if not ds.in_memory:
+        return False
+    sizes = output_sizes(land)
+    if sizes is None:
+        return True  # the activations are unknown: keep the graph, as before
+    samples = sum(batch_size(b) for b in land.local(dataset))
+    need = sizes.activation_bytes * samples * GRAPH_COPIES
+    return need <= GRAPH_MEMORY_FRACTION * total_memory(land.device)
 
 
 def _operator(
