@@ -22,7 +22,14 @@ ENGINE = Path(lm.__file__).parent / "evaluate"
 # The engine's modules, each importing only those before it (and __init__ all of them).
 ORDER = ["scratch", "points", "kernels", "losses", "memory", "strategies", "choice", "runner"]
 # What the engine may import from lossmap outside itself: the layers below it.
-BELOW = {"lossmap._checks", "lossmap.data", "lossmap.objective", "lossmap.store", "lossmap.vectors"}
+BELOW = {
+    "lossmap._checks",
+    "lossmap.data",
+    "lossmap.distributed",
+    "lossmap.objective",
+    "lossmap.store",
+    "lossmap.vectors",
+}
 
 
 def _lossmap_imports(path: Path) -> set[str]:
