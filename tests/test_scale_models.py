@@ -157,9 +157,10 @@ def test_the_tied_embedding_is_one_parameter_of_the_landscape(tiny_lm: lm.Landsc
 
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """By hand: ``torch.func.hessian`` (forward over reverse) through ``F.layer_norm``
-    gets the weight's second derivatives wrong in torch 2.13 (an asymmetric Hessian
-    that finite differences contradict)."""
+    """By hand: through ``F.layer_norm`` with a weight and a bias, ``torch.func.hessian``
+    and ``jacrev(jacrev(f))`` (both vmapped) get the weight-input block of the Hessian
+    wrong in torch 2.13 (an asymmetric Hessian); ``jvp(grad(f))``, autograd's double
+    backward and its ``is_grads_batched`` (what lossmap uses) get it right."""
     mu = x.mean(-1, keepdim=True)
     var = ((x - mu) ** 2).mean(-1, keepdim=True)
     return (x - mu) / torch.sqrt(var + 1e-5) * weight + bias
