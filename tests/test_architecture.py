@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lossmap.hvp",),
     ("lossmap.evaluate",),
     ("lossmap.landscape",),
-    ("lossmap.hessian", "lossmap.examples"),
+    ("lossmap.hessian", "lossmap.examples", "lossmap.zoo"),
     ("lossmap.directions",),
     ("lossmap.slices", "lossmap.sharpness"),
     ("lossmap.trajectory", "lossmap.connect"),

@@ -1,4 +1,5 @@
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -345,3 +346,52 @@ def test_batched_cross_entropy_has_no_cancellation(classes_first: bool) -> None:
     )
     assert float(expected.min()) < 0.05 * n  # the regime that matters: a small loss
     torch.testing.assert_close(stats[:, 0].double(), expected, rtol=2e-5, atol=0)
+
+
+class _FusedAttention(nn.Module):
+    """Embedding, one head of ``scaled_dot_product_attention`` (PyTorch's fused kernel,
+    which torch.vmap on CPU runs once per point: no batching rule), a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.qkv = nn.Linear(4, 12)
+        self.head = nn.Linear(4, 7)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        q, k, v = (z.unsqueeze(1) for z in self.qkv(h).split(4, dim=-1))  # [B, 1, T, 4]
+        o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(h + o.squeeze(1))
+
+
+def _next_token(model, batch):  # type: ignore[no-untyped-def]
+    ids = batch["input_ids"]
+    logits = model(ids)[:, :-1]
+    return nn.functional.cross_entropy(logits.reshape(-1, 7), ids[:, 1:].reshape(-1))
+
+
+def test_auto_does_not_batch_a_model_that_vmap_would_run_point_by_point() -> None:
+    """Under torch.vmap, an operator without a batching rule runs once per point and
+    warns: auto's probe sees the warning, keeps one point per call and says why (the
+    warning neither escapes, nor, where warnings are errors, fails the run)."""
+    torch.manual_seed(0)
+    model = _FusedAttention()
+    data = [{"input_ids": torch.randint(0, 7, (4, 6), generator=torch.Generator().manual_seed(1))}]
+    land = lm.Landscape(model, loss=_next_token, data=data)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.vmap(lambda p: land.batch_stats(p, data[0]))(
+            {k: t.unsqueeze(0) for k, t in land.theta0.items()}
+        )
+    if not any(
+        "batching rule" in str(w.message) for w in seen
+    ):  # pragma: no cover - a torch whose CPU attention has a batching rule
+        pytest.skip("this torch batches scaled_dot_product_attention under vmap")
+    d = lm.directions.random(land, 1, seed=0)[0]
+    curve = lm.line(land, d, steps=5)  # warnings are errors in this suite
+    engine = curve.meta["engine"]
+    assert engine["strategy"] == "loop"
+    assert "no batching rule for aten::_scaled_dot_product" in engine["reason"]
+    ref = lm.line(land, d, steps=5, strategy="loop")
+    np.testing.assert_array_equal(curve["loss"], ref["loss"])

@@ -17,6 +17,7 @@ from lossmap import (
     store,
     trajectory,
     vectors,
+    zoo,
 )
 from lossmap._version import __version__
 from lossmap.landscape import Landscape
@@ -44,5 +45,6 @@ __all__ = [
     "store",
     "trajectory",
     "vectors",
+    "zoo",
     "__version__",
 ]

@@ -7,6 +7,8 @@ strategy on every run, whatever the machine's load.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +37,10 @@ _PROBE_POINTS = 2
 _REASON_CHARS = 120
 """How much of a probe's error message a reason quotes."""
 
+_NO_BATCHING_RULE = re.compile(r"not yet implemented the batching rule for (\S+?)\.? ")
+"""torch.vmap's warning where an operator has no batching rule and runs once per point
+(e.g. ``scaled_dot_product_attention`` on CPU): the op is the group's capture."""
+
 
 def eligible(land: Objective, points: PointSet) -> list[str]:
     """The strategies that can run these points, in the order they are listed."""
@@ -60,17 +66,28 @@ def _probe(
     land: Objective, points: PointSet, strategy: str, dsets: Sequence[str]
 ) -> tuple[str, Evaluator | None]:
     """Run ``strategy`` on the first two points and the first batch: ``("", evaluator)``
-    if it runs (the run goes on with that evaluator and its per-batch caches), else
-    ``(why not, None)``. Whether a model runs under vmap is a property of its code, not
-    of timing: the probe's answer is the same on every run."""
+    if it runs batched (the run goes on with that evaluator and its per-batch caches),
+    else ``(why not, None)``: it raised, or ``torch.vmap`` ran an operator once per
+    point (no batching rule; it warns), which makes it a slower loop. Whether a model
+    runs under vmap is a property of its code, not of timing: the probe's answer is the
+    same on every run. Other warnings the probe raises are passed on as they were."""
     ds = land.datasets[dsets[0]]
     batch = next(iter(ds))
     idx = np.arange(min(len(points), _PROBE_POINTS))
     try:
-        ev = Evaluator(land, points, strategy)
-        ev(points.stacked(idx, ev.keys), idx, batch, cache=ds.in_memory)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ev = Evaluator(land, points, strategy)
+            ev(points.stacked(idx, ev.keys), idx, batch, cache=ds.in_memory)
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:_REASON_CHARS]}", None
+    slow = [m for w in caught if (m := _NO_BATCHING_RULE.search(str(w.message)))]
+    for w in caught:
+        if not _NO_BATCHING_RULE.search(str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if slow:
+        ops = ", ".join(dict.fromkeys(m.group(1) for m in slow))
+        return f"torch.vmap has no batching rule for {ops}: it would run point by point", None
     return "", ev
 
 
@@ -90,8 +107,9 @@ def choose(
        the per-call overhead then dominates. Above that, or where the data are
        streamed (size unknown), a one-point strategy (``affine``, else ``loop``): the
        batched products of vmap run slower than one point's.
-    4. A many-points strategy that cannot run the model (a probe on two points raised)
-       falls back to the one-point strategy.
+    4. A many-points strategy that cannot run the model (a probe on two points raised,
+       or vmap ran one of its operators point by point, e.g. the fused attention of
+       ``scaled_dot_product_attention`` on CPU) falls back to the one-point strategy.
 
     The inputs are the model's structure and mode, the kind of point set, the device
     type and the data's sizes: the same command picks the same strategy on every run.
@@ -120,7 +138,7 @@ def choose_and_probe(
     if plan is not None and plan.batched and (sizes is None or sizes.first_ndim == FLAT_NDIM):
         reason = "an MLP along a span: the batched features-first path"
         err, ev = _probe(land, points, many, dsets)
-        return (one, f"{reason} cannot run it ({err})", None) if err else (many, reason, ev)
+        return (one, f"{reason} cannot batch it ({err})", None) if err else (many, reason, ev)
     act = forward_bytes(land)
     if act is None:
         why = "activation size unknown (data streamed from a loader): one point per call"
@@ -131,5 +149,5 @@ def choose_and_probe(
         return one, f"{what} > {bound / 2**20:.3g} MiB: compute-bound, one point per call", None
     err, ev = _probe(land, points, many, dsets)
     if err:
-        return one, f"{what}: overhead-bound, but {many} cannot run it ({err})", None
+        return one, f"{what}: overhead-bound, but {many} cannot batch it ({err})", None
     return many, f"{what} ≤ {bound / 2**20:.3g} MiB: overhead-bound, many points per call", ev
