@@ -1,17 +1,21 @@
-"""lossmap on a GPU: values against float64 on the CPU, speed of planes, Hessian products.
+"""lossmap on a GPU: values against float64 on the CPU, speed of planes, Hessian products
+and eigenvalues, ranks.
 
 Usage::
 
-    PYTHONPATH=src python3 benchmarks/gpu.py --out $OUT/gpu.md       # on a CUDA machine, ~3 min
-    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-cpu.md  # smoke test, < 1 min
+    PYTHONPATH=src python3 benchmarks/gpu.py --out $OUT/gpu.md           # on a CUDA machine, < 5 min
+    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-cpu.md  # smoke test, ~2 min
 
-lossmap is written device-agnostic but had not run on CUDA; this is the one prepared
-check for a GPU lent for a few minutes. It never stops at a failure: every part runs
-under a guard, an exception is a finding (written to the report with its traceback's
-last lines, and the exit status is 1), and the report is rewritten after every part so
-a run killed by its time limit still leaves what it measured. ``--budget`` seconds
-(default 200, ``--quick`` 50) bound the whole run: sections 1, 2 and 3 must end by 30 %,
-70 % and 100 % of it, and a part that would not fit is skipped and says so.
+The one prepared check for a GPU lent for a few minutes (issue #11). It never stops at
+a failure: every part runs under a guard, an exception is a finding (written to the
+report with its traceback's last lines, and the exit status is 1), and the report is
+rewritten after every part so a run killed by its time limit still leaves what it
+measured. ``--budget`` seconds (default 270, ``--quick`` 150) bound the whole run:
+section 1 must end by 15 % of it, section 2 by 62 %, section 3 by 100 % (82 % where
+section 4 runs) and section 4 by 100 %. Inside sections 2 and 3 each model gets a share
+of the section's time left when it starts (``SPEED_SHARES``, ``HVP_SHARES``); a part
+whose estimate would not fit is skipped and says so, a repeat is timed only where the
+previous one still fits, and Lanczos is capped (``max_iter``) to what fits.
 
 1. Correctness on the device. The digits MLP (64-128-128-10, ``lossmap.examples``) and
    a residual CNN with BatchNorm (``_models.ResidualCNN``, 512 images 3×16×16), both
@@ -26,29 +30,66 @@ a run killed by its time limit still leaves what it measured. ``--budget`` secon
    starts and ``torch.use_deterministic_algorithms(True)``. On CUDA, convolutions use
    TF32 by default (``torch.backends.cudnn``): the CNN's loop and auto are repeated with
    cuDNN's float32 precision set to IEEE, to tell TF32 rounding from an error.
-2. Speed of planes. 21 × 21 planes, ``lossmap.plane`` (auto and every eligible strategy)
-   against the naive loop (a copy of the model, ``p.copy_(θ0 + α d1 + β d2)`` under
-   ``torch.no_grad``, one full-batch forward and ``.item()`` per point) on (a) the digits
-   MLP, (b) a residual CNN on 4,096 images 3×32×32 (32 channels), (c) an MLP
-   1024-2048-2048-2048-10 (10.5 M parameters) on 8,192 synthetic samples; one warm-up
-   of each method, then the median of 3 repeats timed round-robin, with
-   ``torch.cuda.synchronize()`` before and after each. The naive loop is a copy of the
-   one in ``benchmarks/surface.py`` rather than an import: that script imports the
-   engine's point sets (under refactoring) and takes its own ``Problem``; a failed
-   import would cost the one run on the device.
-3. Hessian-vector products. ``lossmap.hessian.HessianOperator`` on (c) and (b): the
-   first product (it builds the gradient graph) and the mean of the next 10 (the graph
-   is reused), peak device memory (``torch.cuda.max_memory_allocated``),
-   ``eigenvalues(land, k=1, tol=1e-3)`` and ``trace(land, method="hutch++",
-   matvecs=30)``; and one product along a unit Gaussian vector ``v`` against a central
-   difference of ``land.gradient``, ``(g(θ0 + t v) - g(θ0 - t v)) / 2t`` for
-   ``t = h ||θ0||`` at four ``h`` (ReLU kinks need small steps, float32 rounding
-   limits them: the sweep shows both), in float32 on (c), (b) and the small CNN and in
-   float64 on the small CNN; each float32 product is also compared with lossmap's
-   float64 product on a float64 copy of the model (the FD-free check).
+2. Speed of planes: 21 × 21 planes (``span=1``), the naive loop against ``auto`` and
+   every strategy eligible for the model (``meta["engine"]["eligible"]``), on
+   (b') ResNet-20 (``lossmap.zoo.resnet20_model()``, 269,722 parameters, BatchNorm in
+   eval mode) on 4,096 generated CIFAR-shaped images (``zoo.cifar_like_data``), trained
+   20 full-batch Adam steps on the device; (d) a GPT-style language model
+   (``zoo.transformer_lm_model(vocab=2048, d_model=256, layers=4, heads=4,
+   seq_len=128)``, 3,716,608 parameters, head tied to the embedding) on 256 padded
+   sequences of ``zoo.lm_data`` in 4 batches of 64, ``loss=zoo.lm_loss`` (the exact
+   per-token mean), trained 30 Adam steps; then, where the budget allows, (a) the
+   digits MLP and (c) an MLP 1024-2048-2048-2048-10 (10.5 M parameters) on 8,192
+   synthetic samples (both measured in earlier results; (b) there was a smaller
+   residual CNN, replaced by (b')). The naive loop: a copy of the model,
+   ``p.copy_(θ0 + α d1 + β d2)`` under ``torch.no_grad``, the loss on every batch (one
+   full-batch forward and the criterion for ``(x, y)`` data; ``lm_loss`` per batch, the
+   sums over the counts, for the language model) and one ``.item()`` per point. It is a
+   copy of the one in ``benchmarks/surface.py`` rather than an import: that script
+   imports the engine's point sets and takes its own ``Problem``; a failed import would
+   cost the one run on the device. Each method is warmed up on a 5 × 5 plane, then the
+   21 × 21 planes are timed round-robin up to 3 rounds (a round only where the previous
+   one still fits the model's share), with ``torch.cuda.synchronize()`` before and after
+   each: median and min, ms per point, ratio to one forward pass over the data, the max
+   relative difference to the naive loop, and peak device memory.
+3. Hessian-vector products and top eigenvalues, on (b') and (d):
+   ``lossmap.hessian.HessianOperator``'s first product (it builds the gradient graph,
+   kept for every product where ``hessian.graph_fits``) and the mean of the next 10,
+   peak device memory (``torch.cuda.max_memory_allocated``); then
+   ``eigenvalues(op, k=5, tol=1e-3)`` on a fresh operator: the five values, Lanczos
+   steps, seconds, of which in products (``op.seconds``) and the rest (the graph, and
+   Lanczos's full reorthogonalisation in float64 numpy on the host, one BLAS thread),
+   residuals, peak memory. Then one product along a unit Gaussian vector ``v`` against a
+   central difference of ``land.gradient``, ``(g(θ0 + t v) - g(θ0 - t v)) / 2t`` for
+   ``t = h ||θ0||`` at four ``h`` (ReLU kinks need small steps, float32 rounding limits
+   them: the sweep shows both), in float32 on (d), (b') and the small CNN and in float64
+   on the small CNN; each float32 product is also compared with lossmap's float64
+   product on a float64 copy of the model (the FD-free check; on (d) it also covers
+   LayerNorm's second derivatives on the device).
+4. Ranks. With several GPUs (``torch.cuda.device_count() > 1``): one launch of
+   ``python -m torch.distributed.run --nproc-per-node G benchmarks/gpu.py --job ...``
+   on (b')'s trained model, data and directions (saved to a temporary file) computes the
+   21 × 21 plane in points mode and then in data mode (``lm.distributed.init`` with
+   ``device="cuda"``: rank r on ``cuda:LOCAL_RANK``, NCCL), each after a warm-up, timed
+   from a barrier to the slowest rank; against the same plane in this process on one
+   GPU. Both get the strategy ``auto`` picks here and the chunk size a G-rank run deals
+   (``distributed.dealt_chunk``), so points mode must give the single process's bits and
+   data mode differs by rounding only. One GPU: "one GPU: ranks not measured". On the
+   CPU the section launches 2 gloo ranks on the sizes given: a smoke test of the launcher
+   and the job, not a measurement.
+
+Time on an H200, estimated from the earlier results (``results/gpu.md``: residual CNN,
+32 channels, 4,096 images: 5.9 ms per forward; the 10.5 M MLP: 1.7-2.3 s per plane): CUDA
+start and section 1 ≈ 25 s; section 2 ≈ 130 s ((b') at ~2× that CNN's FLOPs and memory
+traffic, ~12 ms per forward, 4 methods × 441 points ≈ 25 s a round; (d) ~2.7e11 FLOPs
+per pass in IEEE float32, ~10 ms, ≈ 20 s a round; (c) ≈ 12 s a round); section 3 ≈
+50 s (HVP ≈ 4 forwards; 30-60 Lanczos steps, on (d) host-bound: each step reads the
+basis so far, 3.7 M float64 numbers a vector); one GPU: no section 4. About 200 s, and
+the budget (270 s) cuts rounds before the run could pass it.
 
 Only lossmap's public API is used (``lossmap``, ``lossmap.hessian``,
-``lossmap.directions``, ``lossmap.evaluate.STRATEGIES``, ``lossmap.examples``).
+``lossmap.directions``, ``lossmap.distributed``, ``lossmap.zoo``,
+``lossmap.evaluate.STRATEGIES``, ``lossmap.examples``).
 """
 
 from __future__ import annotations
@@ -61,6 +102,8 @@ import gc
 import json
 import os
 import platform
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -80,11 +123,15 @@ from _models import ResidualCNN
 from torch import Tensor, nn
 
 import lossmap as lm
+from lossmap import zoo
 from lossmap.evaluate import STRATEGIES
 from lossmap.examples import digits_data, make_mlp, train
-from lossmap.hessian import HessianOperator, eigenvalues, trace
+from lossmap.hessian import HessianOperator, eigenvalues
 
 Vec = dict[str, Tensor]
+Batch = Any  # (x, y) or a dict of tensors
+LossFn = Callable[[Any, Any], tuple[Tensor, Tensor]]
+SRC = Path(__file__).resolve().parents[1] / "src"
 CUBLAS_DETERMINISTIC = ":4096:8"
 # h: central-difference steps t = h ||θ0||. ReLU networks need small steps: the
 # gradient jumps where a unit's pre-activation changes sign, and a step that flips
@@ -92,6 +139,20 @@ CUBLAS_DETERMINISTIC = ":4096:8"
 # 3.0 at h = 1e-2, 38 at 1e-4, 6e-11 at 1e-5). float32 rounding limits the small end.
 FD_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
 FD_STEPS_F64 = (1e-4, 1e-5, 1e-6, 1e-7)
+FD_PRODUCTS = 12  # an FD row's cost in products: 8 gradients, the product, the float64 one
+# Where each section must end, as fractions of the budget.
+S1_END, S2_END, S3_END_WITH_RANKS = 0.15, 0.62, 0.82
+# Shares of a section's time left: the models of section 2, in the order they run (the
+# new ones first), and the parts of section 3.
+SPEED_SHARES = {"b'": 3.0, "d": 3.0, "a": 1.0, "c": 2.0}
+HVP_SHARES = {"b'": 2.0, "d": 2.0, "fd": 1.0}
+SPEED_SLACK = 1.5  # a plane's estimate: points × one forward × this (vmap ran 1.65×)
+EIG_K, EIG_TOL = 5, 1e-3
+# Lanczos's host cost per step j (full reorthogonalisation, twice, float64): about
+# 4 j n numbers read, at this many seconds per number on one core; used only to cap
+# max_iter to the time left.
+HOST_S_PER_NUMBER = 5e-10
+RANKS_LAUNCH_S = 30.0  # torchrun, G interpreters importing torch, process-group start
 
 
 @dataclass(frozen=True)
@@ -100,39 +161,57 @@ class Sizes:
 
     steps_check: int  # points per axis, correctness planes
     steps_speed: int  # points per axis, timed planes
-    repeats: int  # timed repeats after the warm-up
+    steps_warm: int  # points per axis, each method's warm-up plane
+    repeats: int  # timed rounds at most
     digits_epochs: int
     cnn_small: tuple[int, int, int]  # images, side, channels
-    cnn_large: tuple[int, int, int]
+    resnet: tuple[int, int, int]  # images, width, blocks
+    resnet_steps: int  # full-batch Adam steps
     big_mlp: tuple[int, ...]
     big_samples: int
+    lm: tuple[int, int, int, int, int]  # vocab, d_model, layers, heads, seq_len
+    lm_data: tuple[int, int]  # sequences, batch size
+    lm_steps: int  # Adam steps, one batch each
     hvp_next: int  # products timed after the first
+    cpu_ranks: int  # gloo ranks of section 4's smoke test on the CPU
     budget_s: float
 
 
 FULL = Sizes(
     steps_check=11,
     steps_speed=21,
+    steps_warm=5,
     repeats=3,
     digits_epochs=5,
     cnn_small=(512, 16, 16),
-    cnn_large=(4096, 32, 32),
+    resnet=(4096, 16, 3),
+    resnet_steps=20,
     big_mlp=(1024, 2048, 2048, 2048, 10),
     big_samples=8192,
+    lm=(2048, 256, 4, 4, 128),
+    lm_data=(256, 64),
+    lm_steps=30,
     hvp_next=10,
-    budget_s=200.0,
+    cpu_ranks=2,
+    budget_s=270.0,
 )
 QUICK = Sizes(
     steps_check=5,
     steps_speed=5,
+    steps_warm=3,
     repeats=1,
     digits_epochs=1,
     cnn_small=(64, 8, 8),
-    cnn_large=(128, 16, 8),
+    resnet=(64, 4, 1),
+    resnet_steps=2,
     big_mlp=(64, 128, 128, 128, 10),
     big_samples=256,
+    lm=(64, 32, 1, 2, 16),
+    lm_data=(32, 16),
+    lm_steps=3,
     hvp_next=3,
-    budget_s=50.0,
+    cpu_ranks=2,
+    budget_s=150.0,
 )
 
 
@@ -154,6 +233,15 @@ class Budget:
     def left(self, until: float = 1.0) -> float:
         """Seconds left before ``until`` (a fraction of the budget)."""
         return until * self.seconds - self.elapsed()
+
+    def share(self, until: float, weight: float, rest: float) -> float:
+        """The deadline (seconds since the start) of a part that gets ``weight`` out of
+        ``rest`` (its own and the later parts' weights) of the time left before ``until``."""
+        return self.elapsed() + max(0.0, self.left(until)) * weight / rest
+
+    def before(self, deadline: float) -> float:
+        """Seconds left before ``deadline`` (seconds since the start)."""
+        return deadline - self.elapsed()
 
 
 class Report:
@@ -232,28 +320,74 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
 
 
+def peak_bytes(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def mib(b: int | None) -> str:
+    return "– (CPU)" if b is None else f"{b / 2**20:,.0f} MiB"
+
+
+def peak_mib(device: torch.device) -> str:
+    return mib(peak_bytes(device))
+
+
+def allocated_mib(device: torch.device) -> str:
+    return mib(torch.cuda.memory_allocated(device) if device.type == "cuda" else None)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 # ------------------------------------------------------------------ problems
 @dataclass
 class Problem:
-    """A trained model (on the CPU or the device, float32) and its full-batch data."""
+    """A trained model (on the CPU or the device, float32) and its data: ``(x, y)``
+    tensors under cross-entropy (``loss`` None), or a list of batches under a
+    ``loss(model, batch) -> (sum, count)`` callable."""
 
     key: str
     name: str
     model: nn.Module
-    x: Tensor
-    y: Tensor
+    data: tuple[Tensor, Tensor] | list[dict[str, Tensor]]
+    loss: LossFn | None = None
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.model.parameters())  # a tied tensor once
+
+    def batches(self, device: torch.device, dtype: torch.dtype = torch.float32) -> list[Batch]:
+        """The data as batches on ``device``, floating-point tensors in ``dtype``."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+        if isinstance(self.data, tuple):
+            return [tuple(move(t) for t in self.data)]
+        return [{k: move(t) for k, t in b.items()} for b in self.data]
 
     def landscape(self, device: torch.device, dtype: torch.dtype = torch.float32) -> lm.Landscape:
         """A Landscape on ``device`` in ``dtype`` over a copy of the model and data."""
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype).eval()
-        x = self.x.to(device=device, dtype=dtype)
-        return lm.Landscape(
-            model, nn.CrossEntropyLoss(), data=(x, self.y.to(device)), device=device
-        )
+        batches = self.batches(device, dtype)
+        if self.loss is None:
+            return lm.Landscape(model, nn.CrossEntropyLoss(), data=batches[0], device=device)
+        return lm.Landscape(model, loss=self.loss, data=batches, device=device)
+
+    def mean_loss(self, model: nn.Module, batches: list[Batch]) -> Tensor:
+        """The data-set mean loss of ``model`` as a device tensor (no host sync)."""
+        if self.loss is None:
+            ((x, y),) = batches
+            return nn.functional.cross_entropy(model(x), y)
+        total: Tensor | float = 0.0
+        count: Tensor | float = 0.0
+        for b in batches:
+            s, c = self.loss(model, b)
+            total, count = total + s, count + c
+        return torch.as_tensor(total) / count
 
 
 def teacher_labels(x: Tensor, classes: int, gen: torch.Generator) -> Tensor:
@@ -261,11 +395,11 @@ def teacher_labels(x: Tensor, classes: int, gen: torch.Generator) -> Tensor:
     return (feats @ torch.randn(feats.shape[1], classes, generator=gen)).argmax(dim=1)
 
 
-def digits_mlp(sizes: Sizes) -> Problem:
+def digits_mlp(sizes: Sizes, key: str = "mlp") -> Problem:
     x, y = digits_data()["train"]
     model = make_mlp([64, 128, 128, 10], seed=0)
     train(model, nn.CrossEntropyLoss(), x, y, epochs=sizes.digits_epochs, batch_size=64, seed=0)
-    return Problem("mlp", "MLP 64-128-128-10 (digits, 1,437)", model, x, y)
+    return Problem(key, "MLP 64-128-128-10 (digits, 1,437)", model, (x, y))
 
 
 def residual_cnn(
@@ -283,7 +417,48 @@ def residual_cnn(
     model, xd, yd = model.to(device), x.to(device), y.to(device)
     train(model, nn.CrossEntropyLoss(), xd, yd, steps=steps, lr=1e-2, seed=0)
     name = f"residual CNN + BatchNorm, {c} channels ({n:,} × 3×{side}×{side})"
-    return Problem(key, name, model, xd, yd)
+    return Problem(key, name, model, (xd, yd))
+
+
+def resnet20(sizes: Sizes, device: torch.device) -> Problem:
+    """ResNet-20 (``zoo.resnet20_model``) on generated CIFAR-shaped images, trained
+    ``resnet_steps`` full-batch Adam steps on ``device`` (BatchNorm in training mode);
+    mapped in eval mode (the running statistics)."""
+    n, width, blocks = sizes.resnet
+    x, y = zoo.cifar_like_data(n, test_size=0.0)["train"]
+    model = zoo.resnet20_model(width=width, blocks=blocks).to(device)
+    xd, yd = x.to(device), y.to(device)
+    train(model, nn.CrossEntropyLoss(), xd, yd, steps=sizes.resnet_steps, lr=5e-3, seed=0)
+    arch = "ResNet-20" if (width, blocks) == (16, 3) else f"ResNet-{6 * blocks + 2}, width {width}"
+    name = f"{arch} + BatchNorm, eval mode ({n:,} CIFAR-shaped images)"
+    return Problem("b'", name, model, (xd, yd))
+
+
+def transformer(sizes: Sizes, device: torch.device) -> Problem:
+    """A GPT-style LM (``zoo.transformer_lm_model``) on ``zoo.lm_data`` batches, trained
+    ``lm_steps`` Adam steps (one batch each, in turn) on ``device``."""
+    vocab, d, layers, heads, seq = sizes.lm
+    n, bs = sizes.lm_data
+    model = zoo.transformer_lm_model(
+        vocab=vocab, d_model=d, layers=layers, heads=heads, seq_len=seq
+    ).to(device)
+    raw = zoo.lm_data(n, seq_len=seq, vocab=vocab, seed=0, batch_size=bs)
+    batches = [{k: t.to(device) for k, t in b.items()} for b in raw]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for i in range(sizes.lm_steps):
+        opt.zero_grad(set_to_none=True)
+        total, count = zoo.lm_loss(model, batches[i % len(batches)])
+        (total / count.clamp(min=1)).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    name = (
+        f"GPT-style LM, d_model {d}, {layers} layers, {heads} heads, vocab {vocab} "
+        f"({n:,} sequences ≤ {seq} tokens, {len(batches)} batches)"
+    )
+    return Problem("d", name, model, batches, loss=zoo.lm_loss)
 
 
 def big_mlp(sizes: Sizes, device: torch.device) -> Problem:
@@ -295,7 +470,7 @@ def big_mlp(sizes: Sizes, device: torch.device) -> Problem:
     xd, yd = x.to(device), y.to(device)
     train(model, nn.CrossEntropyLoss(), xd, yd, steps=20, lr=1e-3, seed=0)
     name = f"MLP {'-'.join(map(str, widths))} ({sizes.big_samples:,} synthetic)"
-    return Problem("c", name, model, xd, yd)
+    return Problem("c", name, model, (xd, yd))
 
 
 def directions(land: lm.Landscape) -> tuple[Vec, Vec]:
@@ -416,7 +591,7 @@ def plane_row(label: str, r: dict[str, Any], ref: np.ndarray) -> str:
 
 def deterministic_rerun(args: argparse.Namespace, budget: Budget, report: Report) -> None:
     """The repeat check again in a fresh process, deterministic algorithms on."""
-    left = min(budget.left(0.4), 90.0)  # may take from section 2's time, not from 3's
+    left = min(budget.left(S1_END + 0.1), 90.0)  # may take from section 2's time
     if left < 10:
         report.add(
             "1. Correctness on the device", [f"Deterministic re-run skipped: {left:.0f} s left."]
@@ -490,29 +665,35 @@ def determinism_child(device: torch.device, sizes: Sizes, out: Path) -> int:
 
 # ------------------------------------------------------------ 2. speed of planes
 def naive_plane(
-    model: nn.Module, x: Tensor, y: Tensor, theta: Vec, d1: Vec, d2: Vec, axis: np.ndarray
+    p: Problem,
+    model: nn.Module,
+    batches: list[Batch],
+    theta: Vec,
+    d1: Vec,
+    d2: Vec,
+    axis: np.ndarray,
 ) -> np.ndarray:
     """The baseline (as in ``benchmarks/surface.py``): write each point into a copy of
-    the model, one full-batch forward and ``.item()`` per point."""
+    the model, the loss on every batch, and ``.item()`` per point."""
     model = copy.deepcopy(model)
-    params = dict(model.named_parameters())
-    criterion = nn.CrossEntropyLoss()
+    params = dict(model.named_parameters())  # a tied tensor once, as in θ0
     out = np.empty((len(axis), len(axis)))
     with torch.no_grad():
         for i, a in enumerate(axis):
             for j, b in enumerate(axis):
                 for k, t in params.items():
                     t.copy_(theta[k] + float(a) * d1[k] + float(b) * d2[k])
-                out[i, j] = criterion(model(x), y).item()
+                out[i, j] = p.mean_loss(model, batches).item()
     return out
 
 
-def forward_s(land: lm.Landscape, x: Tensor, y: Tensor, n: int = 5) -> float:
-    """Median seconds of one full-batch forward + criterion in inference mode."""
+def forward_s(p: Problem, model: nn.Module, batches: list[Batch], n: int = 5) -> float:
+    """Median seconds of one pass of the loss over the data, in inference mode."""
+    device = next(model.parameters()).device
     times = []
     with torch.inference_mode():
         for _ in range(n + 1):
-            t, _ = timed(land.device, lambda: nn.CrossEntropyLoss()(land.model(x), y))
+            t, _ = timed(device, lambda: p.mean_loss(model, batches))
             times.append(t)
     return statistics.median(times[1:])
 
@@ -523,96 +704,167 @@ def plane_call(
     return lambda: lm.plane(land, d1, d2, span=1, steps=steps, strategy=strategy)
 
 
-def speed(p: Problem, device: torch.device, sizes: Sizes, budget: Budget, report: Report) -> None:
-    """Section 2 for one model: every method's plane, warm-up then the repeats."""
-    steps = sizes.steps_speed
-    n = steps * steps
-    land = p.landscape(device)
-    x, y = (t.to(device) for t in (p.x, p.y))
-    d1, d2 = directions(land)
-    theta = land.point()
-    fwd = forward_s(land, x, y)
-    auto = lm.plane(land, d1, d2, span=1, steps=steps, strategy="auto")
-    eligible = [s for s in STRATEGIES if s != "auto" and s in auto.meta["engine"]["eligible"]]
-    methods: dict[str, Callable[[], Any]] = {
-        "naive": lambda: naive_plane(land.model, x, y, theta, d1, d2, auto.alpha),
-        **{s: plane_call(land, d1, d2, steps, s) for s in ("auto", *eligible)},
-    }
-    estimate = len(methods) * n * fwd  # the warm-up; the repeats are fitted after it
-    title = f"### ({p.key}) {p.name}: {p.n_params:,} parameters, {steps} × {steps} plane"
-    if estimate > budget.left(0.7):
-        report.add(
-            "2. Speed of planes",
-            [
-                title,
-                "",
-                f"Skipped: about {estimate:.0f} s needed, {budget.left(0.7):.0f} s left.",
-                "",
-            ],
-        )
-        return
-    log(f"[2] {p.key}: warm-up of {', '.join(methods)} (forward {1000 * fwd:.3g} ms)")
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    values: dict[str, np.ndarray] = {}
-    picks: list[str] = []
+@dataclass
+class Timings:
+    """What the timed rounds of section 2 gathered, per method."""
+
+    times: dict[str, list[float]]
+    values: dict[str, np.ndarray]
+    peaks: dict[str, int]
+    picks: list[str]
+    failed: dict[str, str]
+
+
+def warm_up(
+    methods: dict[str, Callable[[], Any]], device: torch.device, report: Report, key: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Each method once on the small plane; a method that raises is dropped (a finding)."""
     warm: dict[str, float] = {}
     failed: dict[str, str] = {}
     for k, fn in list(methods.items()):
         try:
-            warm[k], res = timed(device, fn)
+            warm[k], _ = timed(device, fn)
         except Exception as e:  # one method failing on this device must not hide the rest
-            failed[k] = record_error(report, f"2. ({p.key}) {k}", e)
+            failed[k] = record_error(report, f"2. ({key}) {k} (warm-up)", e)
             del methods[k]
             release()
-            continue
-        values[k] = res if isinstance(res, np.ndarray) else res["loss"]
-    if "naive" not in methods:
-        report.add(
-            "2. Speed of planes", [title, "", "The naive loop failed: nothing to compare.", ""]
-        )
-        return
-    per_repeat = sum(warm.values())
-    repeats = max(0, min(sizes.repeats, int(budget.left(0.7) // max(per_repeat, 1e-9))))
-    log(f"[2] {p.key}: {repeats} timed repeat(s) (~{per_repeat:.2g} s each)")
+    return warm, failed
+
+
+def timed_rounds(
+    methods: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    deadline: float,
+    budget: Budget,
+) -> Timings:
+    """Up to ``repeats`` round-robin rounds (rotated), a round only where the previous
+    one's time still fits before ``deadline``; the first round always runs."""
+    out = Timings({k: [] for k in methods}, {}, {}, [], {})
     order = list(methods)
+    last = 0.0
     for r in range(repeats):
+        if r and last > budget.before(deadline):
+            break
+        t_round = time.perf_counter()
         for k in order[r % len(order) :] + order[: r % len(order)]:
-            t, res = timed(device, methods[k])
-            times[k].append(t)
+            if k in out.failed:
+                continue
+            reset_peak(device)
+            try:
+                t, res = timed(device, methods[k])
+            except Exception as e:  # e.g. out of memory at the full plane's chunk size
+                out.failed[k] = first_line(e)
+                release()
+                continue
+            out.times[k].append(t)
+            out.peaks[k] = max(out.peaks.get(k, 0), peak_bytes(device) or 0)
+            if k not in out.values:
+                out.values[k] = res if isinstance(res, np.ndarray) else res["loss"]
             if k == "auto":
-                picks.append(res.meta["engine"]["strategy"])
-    note = "" if repeats == sizes.repeats else f" (only {repeats} repeat(s) fit the budget)"
-    if repeats == 0:
-        note = " (no repeat fit the budget: the warm-up's times, first calls included)"
-        times = {k: [t] for k, t in warm.items()}
+                out.picks.append(res.meta["engine"]["strategy"])
+        last = time.perf_counter() - t_round
+    return out
+
+
+def speed(
+    p: Problem, device: torch.device, sizes: Sizes, deadline: float, budget: Budget, report: Report
+) -> None:
+    """Section 2 for one model: every method warmed up on a small plane, then timed."""
+    sec = "2. Speed of planes"
+    steps, warm_steps = sizes.steps_speed, sizes.steps_warm
+    n = steps * steps
+    land = p.landscape(device)
+    batches = p.batches(device)
+    d1, d2 = directions(land)
+    theta = land.point()
+    fwd = forward_s(p, land.model, batches)
+    probe = lm.plane(land, d1, d2, span=1, steps=warm_steps, strategy="auto")
+    eligible = [s for s in STRATEGIES if s != "auto" and s in probe.meta["engine"]["eligible"]]
+    axis = np.linspace(-1.0, 1.0, steps)  # lossmap's grid (span=1)
+    warm_axis = np.linspace(-1.0, 1.0, warm_steps)
+    names = ("auto", *eligible)
+    methods: dict[str, Callable[[], Any]] = {
+        "naive": lambda: naive_plane(p, land.model, batches, theta, d1, d2, axis),
+        **{s: plane_call(land, d1, d2, steps, s) for s in names},
+    }
+    warm_fns: dict[str, Callable[[], Any]] = {
+        "naive": lambda: naive_plane(p, land.model, batches, theta, d1, d2, warm_axis),
+        **{s: plane_call(land, d1, d2, warm_steps, s) for s in names},
+    }
+    estimate = SPEED_SLACK * len(methods) * (n + warm_steps**2) * fwd
+    title = f"### ({p.key}) {p.name}: {p.n_params:,} parameters, {steps} × {steps} plane"
+    left = budget.before(deadline)
+    if estimate > left:
+        lines = [
+            title,
+            "",
+            f"Skipped: about {fmt(estimate, 2)} s needed, {fmt(max(left, 0.0), 2)} s left.",
+            "",
+        ]
+        report.add(sec, lines)
+        return
+    log(f"[2] {p.key}: warm-up of {', '.join(methods)} (forward {1000 * fwd:.3g} ms)")
+    _, failed = warm_up(warm_fns, device, report, p.key)
+    methods = {k: fn for k, fn in methods.items() if k in warm_fns}
+    if "naive" not in methods:
+        report.add(sec, [title, "", "The naive loop failed: nothing to compare.", ""])
+        return
+    log(f"[2] {p.key}: up to {sizes.repeats} timed round(s), {budget.before(deadline):.0f} s left")
+    res = timed_rounds(methods, device, sizes.repeats, deadline, budget)
+    for k, why in res.failed.items():
+        failed[k] = why
+        report.errors.append(f"- **2. ({p.key}) {k}** (timed plane): `{why}`")
+    report.add(sec, speed_rows(p, title, fwd, probe, res, failed, sizes, n))
+
+
+def speed_rows(
+    p: Problem,
+    title: str,
+    fwd: float,
+    probe: lm.Surface,
+    res: Timings,
+    failed: dict[str, str],
+    sizes: Sizes,
+    n: int,
+) -> list[str]:
+    """Section 2's table for one model."""
+    rounds = max((len(v) for v in res.times.values()), default=0)
+    note = "" if rounds == sizes.repeats else f" ({rounds} of {sizes.repeats}: the budget)"
+    picks = ", ".join(sorted(set(res.picks))) or probe.meta["engine"]["strategy"]
     rows = [
         title,
         "",
-        f"One full-batch forward + criterion: {1000 * fwd:.3g} ms. auto → "
-        f"{', '.join(sorted(set(picks))) or auto.meta['engine']['strategy']} "
-        f"({auto.meta['engine'].get('reason', '')}). Median of {repeats} repeat(s){note}.",
+        f"One pass of the loss over the data: {1000 * fwd:.3g} ms. auto → {picks} "
+        f"({probe.meta['engine'].get('reason', '')}). Median of {rounds} round(s){note}; "
+        "warm-up on a smaller plane not counted. Peak memory: all the device held during "
+        "the plane, model and data included.",
         "",
-        "| method | s per plane (min) | ms/pt | naive ÷ method | ÷ forward | max rel Δ vs naive |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | s per plane (min) | ms/pt | naive ÷ method | ÷ forward | max rel Δ vs naive "
+        "| peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    for k in [*methods, *failed]:
+    med = {k: statistics.median(v) for k, v in res.times.items() if v}
+    for k in [*res.times, *(k for k in failed if k not in res.times)]:
+        label = "naive loop" if k == "naive" else f"lossmap {k}"
         if k in failed:
-            rows.append(f"| lossmap {k} | raised `{failed[k]}` | – | – | – | – |")
+            rows.append(f"| {label} | raised `{failed[k]}` | – | – | – | – | – |")
             continue
         if k not in med:
-            rows.append(f"| {k} | not timed | – | – | – | – |")
+            rows.append(f"| {label} | not timed | – | – | – | – | – |")
             continue
-        label = "naive loop" if k == "naive" else f"lossmap {k}"
-        rel = "–" if k == "naive" else f"{rel_diff(values[k], values['naive']):.1e}"
+        ratio = f"{med['naive'] / med[k]:.2f}×" if "naive" in med else "–"
+        rel = "–" if k == "naive" or "naive" not in res.values else ""
+        rel = rel or f"{rel_diff(res.values[k], res.values['naive']):.1e}"
+        peak = mib(res.peaks[k]) if res.peaks.get(k) else "– (CPU)"
         rows.append(
-            f"| {label} | {fmt(med[k])} ({fmt(min(times[k]))}) | {fmt(1000 * med[k] / n)} "
-            f"| {med['naive'] / med[k]:.2f}× | {med[k] / n / fwd:.2f} | {rel} |"
+            f"| {label} | {fmt(med[k])} ({fmt(min(res.times[k]))}) | {fmt(1000 * med[k] / n)} "
+            f"| {ratio} | {med[k] / n / fwd:.2f} | {rel} | {peak} |"
         )
-    report.add("2. Speed of planes", [*rows, ""])
+    return [*rows, ""]
 
 
-# --------------------------------------------------- 3. Hessian-vector products
+# ------------------------------------- 3. Hessian-vector products and eigenvalues
 def unit_vector(land: lm.Landscape, seed: int) -> Vec:
     """A Gaussian direction of unit norm over all parameters (drawn on the CPU)."""
     gen = torch.Generator().manual_seed(seed)
@@ -663,29 +915,26 @@ def fd_row(label: str, res: tuple[list[tuple[float, float]], float | None]) -> s
     return f"| {label} | {cells} | {min(r for _, r in steps):.1e} | {f64} |"
 
 
-def peak_mib(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "– (CPU)"
-    return f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB"
-
-
-def allocated_mib(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "– (CPU)"
-    return f"{torch.cuda.memory_allocated(device) / 2**20:,.0f} MiB"
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
+def lanczos_cap(n_params: int, hvp_s: float, seconds: float) -> int:
+    """The most Lanczos steps whose products (``hvp_s`` each) and host work (step ``j``
+    reads about ``4 j n`` float64 numbers: two reorthogonalisation passes, two reads
+    each) fit in ``seconds``."""
+    m, spent = 0, 0.0
+    while m < 300:
+        step = hvp_s + HOST_S_PER_NUMBER * 4 * (m + 1) * n_params
+        if spent + step > seconds:
+            break
+        spent += step
+        m += 1
+    return m
 
 
 def hvp_costs(
-    p: Problem, device: torch.device, sizes: Sizes, budget: Budget, report: Report
-) -> None:
-    """Section 3 for one model: product times and memory, λ_max, the trace, FD."""
-    sec = "3. Hessian-vector products"
+    p: Problem, device: torch.device, sizes: Sizes, deadline: float, budget: Budget, report: Report
+) -> float:
+    """Section 3 for one model: product times and memory, then the top eigenvalues;
+    returns the mean product's seconds."""
+    sec = "3. Hessian-vector products and top eigenvalues"
     land = p.landscape(device)
     base = allocated_mib(device)
     reset_peak(device)
@@ -696,50 +945,49 @@ def hvp_costs(
     nxt = [timed(device, functools.partial(op.hvp, v))[0] for _ in range(sizes.hvp_next)]
     mean = statistics.fmean(nxt)
     peak_hvp = peak_mib(device)
+    graph = "kept for every product" if op.reuse_graph else "rebuilt batch by batch per product"
     del op
     release()
+    memory = (
+        f"peak device memory {peak_hvp} (allocated before the operator: {base})"
+        if device.type == "cuda"
+        else "device memory not measured on the CPU"
+    )
     lines = [
         f"### ({p.key}) {p.name}: {p.n_params:,} parameters",
         "",
-        f"- HVP: first {1000 * first:.3g} ms (builds the gradient graph), then "
+        f"- HVP: first {1000 * first:.3g} ms (builds the gradient graph; graph {graph}), then "
         f"{1000 * mean:.3g} ms mean over {len(nxt)} (min {1000 * min(nxt):.3g}, "
-        f"max {1000 * max(nxt):.3g}); "
-        + (
-            f"peak device memory {peak_hvp} (allocated before the operator: {base})"
-            if device.type == "cuda"
-            else "device memory not measured on the CPU"
-        ),
+        f"max {1000 * max(nxt):.3g}); {memory}",
     ]
     report.add(sec, lines)
-    est = 80 * mean + 10
-    if est > budget.left():
-        report.add(
-            sec,
-            [f"- eigenvalues / trace skipped: ~{est:.0f} s needed, {budget.left():.0f} s left", ""],
-        )
-        return
-    log(f"[3] {p.key}: eigenvalues(k=1, tol=1e-3)")
+    cap = lanczos_cap(land.num_parameters, mean, budget.before(deadline) - first - 2)
+    if cap < 2 * EIG_K:
+        left = budget.before(deadline)
+        report.add(sec, [f"- top-{EIG_K} eigenvalues skipped: {left:.0f} s left", ""])
+        return mean
+    log(f"[3] {p.key}: eigenvalues(k={EIG_K}, tol={EIG_TOL:g}, max_iter={cap})")
     reset_peak(device)
-    t, e = timed(device, lambda: eigenvalues(land, k=1, tol=1e-3))
+    op = HessianOperator(land)
+    max_iter = None if cap >= 300 else cap
+    t, e = timed(
+        device, functools.partial(eigenvalues, op, k=EIG_K, tol=EIG_TOL, max_iter=max_iter)
+    )
+    vals = ", ".join(f"{x:.5g}" for x in e.values)
+    capped = "" if max_iter is None else f" (max_iter {cap}: what fit the time left)"
     lines = [
-        f"- `eigenvalues(land, k=1, tol=1e-3)`: λ_max = {e.values[0]:.6g}, {e.matvecs} matvecs, "
-        f"{t:.3g} s (≈ {e.matvecs * mean:.2g} s of it in products at the mean HVP time; the "
-        f"rest is the graph, transfers and the Lanczos bookkeeping in numpy on the host), "
-        f"converged: {e.converged}, residual {e.residuals[0]:.1e}; peak memory {peak_mib(device)}"
-    ]
-    report.add(sec, lines)
-    release()
-    log(f"[3] {p.key}: trace(hutch++, 30)")
-    reset_peak(device)
-    t, tr = timed(device, lambda: trace(land, method="hutch++", matvecs=30))
-    lines = [
-        f"- `trace(land, method='hutch++', matvecs=30)`: {tr.value:.6g} ± {tr.stderr:.2g}, "
-        f"{tr.matvecs} matvecs, {t:.3g} s (≈ {tr.matvecs * mean:.2g} s in products); "
+        f"- `eigenvalues(op, k={EIG_K}, tol={EIG_TOL:g})`{capped}: λ = {vals}; {e.matvecs} "
+        f"Lanczos steps, {t:.3g} s: {op.seconds:.3g} s in products ({1000 * op.seconds / max(e.matvecs, 1):.3g} "
+        f"ms each, the first builds the graph), {t - op.seconds:.3g} s the rest (Lanczos's "
+        f"reorthogonalisation in float64 numpy on the host, transfers); converged: "
+        f"{e.converged}, largest residual ‖Hv − λv‖ {max(e.residuals):.1e}; "
         f"peak memory {peak_mib(device)}",
         "",
     ]
     report.add(sec, lines)
+    del op, e
     release()
+    return mean
 
 
 def fd_table(
@@ -747,8 +995,12 @@ def fd_table(
     device: torch.device,
     report: Report,
     budget: Budget,
+    until: float,
+    hvp_s: dict[str, float],
 ) -> None:
-    sec = "3. Hessian-vector products"
+    """The FD rows, each where its estimate fits: 5 s, plus 12 products at the mean
+    time section 3 measured (8 gradients, the product, the float64 product)."""
+    sec = "3. Hessian-vector products and top eigenvalues"
     rows = [
         "### One HVP against a central difference of `land.gradient`",
         "",
@@ -763,8 +1015,12 @@ def fd_table(
     report.add(sec, rows)
     for p, dtype in problems:
         label = f"({p.key}) {p.name}, {str(dtype).removeprefix('torch.')}"
-        if budget.left() < 5:
-            report.add(sec, [f"| {label} | skipped: time budget | – | – |"])
+        need = 5 + FD_PRODUCTS * hvp_s.get(p.key, 0.0)
+        if budget.left(until) < need:
+            left = budget.left(until)
+            report.add(
+                sec, [f"| {label} | skipped: ~{need:.0f} s needed, {left:.0f} s left | – | – |"]
+            )
             continue
         with guard(report, f"3. FD check {label}"):
             log(f"[3] FD check {label}")
@@ -773,13 +1029,181 @@ def fd_table(
             release()
 
 
+# ------------------------------------------------------------------ 4. ranks
+def rank_count(device: torch.device, sizes: Sizes) -> int:
+    """Ranks section 4 launches: the GPUs where there are several, else 0 (one GPU);
+    on the CPU, ``sizes.cpu_ranks`` gloo processes (a smoke test)."""
+    if device.type == "cuda":
+        g = torch.cuda.device_count()
+        return g if g > 1 else 0
+    return sizes.cpu_ranks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_job(payload: Path, out: Path, device_arg: str) -> int:
+    """``--job``: one rank of section 4 (under torchrun). Rebuilds (b') from the
+    payload, computes its plane in points mode and then in data mode, each after a 3 × 3
+    warm-up and timed from a barrier; rank 0 saves the values and the slowest rank's
+    times to ``out`` (``.npz``)."""
+    job = torch.load(payload, weights_only=True)
+    if device_arg.startswith("cpu"):
+        torch.set_num_threads(1)
+    ranks = lm.distributed.init("points", device=device_arg, timeout=300)
+    if ranks is None:
+        raise SystemExit("--job runs under torchrun with several ranks (WORLD_SIZE > 1)")
+    dev = torch.device(device_arg)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())  # init: cuda:LOCAL_RANK
+    model = zoo.resnet20_model(width=int(job["width"]), blocks=int(job["blocks"]))
+    model.load_state_dict(job["state"])
+    model = model.to(dev).eval()
+    data = (job["x"].to(dev), job["y"].to(dev))
+    land = lm.Landscape(model, nn.CrossEntropyLoss(), data=data, device=dev)
+    d1, d2 = cast(job["d1"], dev, torch.float32), cast(job["d2"], dev, torch.float32)
+    steps, strategy, chunk = int(job["steps"]), str(job["strategy"]), int(job["chunk"])
+    saved: dict[str, Any] = {"world": ranks.world}
+    for mode in lm.distributed.MODES:
+        shared = land.distribute(mode)
+        lm.plane(shared, d1, d2, span=1, steps=3, strategy=strategy)  # warm-up
+        reset_peak(dev)
+        ranks.all_gather(0)  # a barrier: every rank starts the clock together
+        call = functools.partial(
+            lm.plane, shared, d1, d2, span=1, steps=steps, strategy=strategy, chunk_size=chunk
+        )
+        t, surf = timed(dev, call)
+        every = ranks.all_gather({"seconds": t, "peak": peak_bytes(dev) or 0})
+        saved[f"{mode}_loss"] = surf["loss"]
+        saved[f"{mode}_seconds"] = max(e["seconds"] for e in every)
+        saved[f"{mode}_peak"] = max(e["peak"] for e in every)
+        saved[f"{mode}_strategy"] = surf.meta["engine"]["strategy"]
+        saved[f"{mode}_chunk"] = surf.meta["engine"]["chunk_size"]
+    if ranks.main:
+        np.savez(out, **saved)
+    return 0
+
+
+def launch_ranks(world: int, payload: Path, out: Path, device: torch.device, limit: float) -> float:
+    """Run :func:`rank_job` on ``world`` ranks; the launch's wall time."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world)]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+    cmd += [str(Path(__file__).resolve()), "--device", device.type, "--job", str(payload)]
+    cmd += ["--job-out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    # A session of its own: on a timeout the launcher and every rank it started end
+    # together (killing torchrun alone would leave its workers holding the GPUs).
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"torchrun did not finish within {limit:.0f} s (killed)") from None
+    if proc.returncode != 0 or not out.exists():
+        tail = (stderr or stdout).strip().splitlines()[-8:]
+        raise RuntimeError(f"torchrun failed (rc {proc.returncode}): {' | '.join(tail)}")
+    return time.perf_counter() - t0
+
+
+def ranks_section(
+    p: Problem, world: int, device: torch.device, sizes: Sizes, budget: Budget, report: Report
+) -> None:
+    """Section 4: (b')'s plane on one device here, then on ``world`` ranks (torchrun)."""
+    sec = "4. Ranks"
+    steps = sizes.steps_speed
+    n = steps * steps
+    if budget.left() < RANKS_LAUNCH_S:
+        report.add(
+            sec,
+            [
+                f"Skipped: {budget.left():.0f} s left, the launch alone takes ~{RANKS_LAUNCH_S:.0f} s.",
+                "",
+            ],
+        )
+        return
+    land = p.landscape(device)
+    d1, d2 = directions(land)
+    auto = lm.plane(land, d1, d2, span=1, steps=steps, strategy="auto")
+    strategy = auto.meta["engine"]["strategy"]
+    chunk = lm.distributed.dealt_chunk(auto.meta["engine"]["chunk_size"], n, world)
+    reset_peak(device)
+    one, ref = timed(
+        device,
+        lambda: lm.plane(land, d1, d2, span=1, steps=steps, strategy=strategy, chunk_size=chunk),
+    )
+    peak_one = peak_bytes(device)
+    need = RANKS_LAUNCH_S + 2 * (one + one / world)
+    if need > budget.left():
+        report.add(sec, [f"Skipped: about {need:.0f} s needed, {budget.left():.0f} s left.", ""])
+        return
+    what = "GPUs" if device.type == "cuda" else "gloo ranks on the CPU (a smoke test, not a speed)"
+    log(f"[4] torchrun on {world} {what}")
+    with tempfile.TemporaryDirectory() as tmp:
+        payload, out = Path(tmp) / "job.pt", Path(tmp) / "job.npz"
+        _, width, blocks = sizes.resnet
+        state = {k: t.detach().cpu() for k, t in p.model.state_dict().items()}
+        x, y = (t.cpu() for t in p.data)  # type: ignore[union-attr]
+        job = {"state": state, "x": x, "y": y, "width": width, "blocks": blocks}
+        job |= {"d1": cast(d1, "cpu", torch.float32), "d2": cast(d2, "cpu", torch.float32)}
+        job |= {"steps": steps, "strategy": strategy, "chunk": chunk}
+        torch.save(job, payload)
+        del job, state, x, y
+        release()  # the ranks' GPUs include this process's
+        wall = launch_ranks(world, payload, out, device, max(budget.left(), 10.0))
+        got = dict(np.load(out))
+    ref_loss = ref["loss"]
+    lines = [
+        f"### ({p.key}) {p.name}: {steps} × {steps} plane on {world} {what}",
+        "",
+        f"Strategy {strategy} (auto's pick here), chunk size {chunk} "
+        f"(`dealt_chunk({auto.meta['engine']['chunk_size']}, {n}, {world})`) in every run. "
+        f"Times from a barrier to the slowest rank, after a 3 × 3 warm-up; the torchrun "
+        f"launch took {wall:.1f} s in all (interpreters, imports, process group, both planes).",
+        "",
+        "| run | s per plane | speed-up | max rel Δ vs 1 device | same bits | peak memory (max rank) |",
+        "|---|---:|---:|---:|---|---:|",
+        f"| 1 device (this process) | {fmt(one)} | 1.00× | – | – | {mib(peak_one)} |",
+    ]
+    for mode in lm.distributed.MODES:
+        loss, secs = got[f"{mode}_loss"], float(got[f"{mode}_seconds"])
+        same = bool(np.array_equal(loss, ref_loss, equal_nan=True))
+        peak = int(got[f"{mode}_peak"]) or None
+        lines.append(
+            f"| {world} ranks, {mode} mode ({got[f'{mode}_strategy']}, chunk "
+            f"{int(got[f'{mode}_chunk'])}) | {fmt(secs)} | {one / secs:.2f}× "
+            f"| {rel_diff(loss, ref_loss):.1e} | {'yes' if same else 'no'} "
+            f"| {mib(peak)} |"
+        )
+    lines += [
+        "",
+        "Points mode must give the single process's bits; data mode sums per-rank "
+        "shares, equal up to rounding.",
+        "",
+    ]
+    report.add(sec, lines)
+
+
 # ------------------------------------------------------------------ the report
 def machine(device: torch.device, sizes: Sizes, budget_s: float) -> list[str]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         gpu = (
             f"{torch.cuda.get_device_name(device)}, {props.total_memory / 2**30:.0f} GiB, "
-            f"compute capability {props.major}.{props.minor}, {props.multi_processor_count} SMs"
+            f"compute capability {props.major}.{props.minor}, {props.multi_processor_count} SMs; "
+            f"{torch.cuda.device_count()} GPU(s) visible"
         )
         cuda = f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
         try:
@@ -792,7 +1216,7 @@ def machine(device: torch.device, sizes: Sizes, budget_s: float) -> list[str]:
     else:
         gpu, cuda, tf32 = "none (CPU run)", f"CUDA {torch.version.cuda}", "–"
     return [
-        f"# lossmap on {device.type.upper()}: correctness, speed of planes, Hessian products",
+        f"# lossmap on {device.type.upper()}: correctness, speed of planes, Hessian products, ranks",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- device: `{device}`; GPU: {gpu}",
@@ -816,7 +1240,7 @@ def section_correctness(
     """Section 1 on each model, then the deterministic re-run if asked for or needed."""
     all_same = True
     for p in problems:
-        if budget.left(0.3) < 0:
+        if budget.left(S1_END) < 0:
             report.add("1. Correctness on the device", [f"{p.name}: skipped (time budget).", ""])
             continue
         with guard(report, f"1. correctness ({p.key})"):
@@ -830,19 +1254,24 @@ def section_correctness(
 def section_speed(
     mlp: Problem | None, device: torch.device, sizes: Sizes, budget: Budget, report: Report
 ) -> dict[str, Problem]:
-    """Section 2 on (a), (b), (c); returns the models built, for section 3."""
+    """Section 2 on (b'), (d), (a), (c), each in its share of the section's time left;
+    returns the models built, for sections 3 and 4."""
     problems: dict[str, Problem] = {}
     builders: dict[str, Callable[[], Problem]] = {
-        "b": lambda: residual_cnn(sizes.cnn_large, device, key="b"),
+        "b'": lambda: resnet20(sizes, device),
+        "d": lambda: transformer(sizes, device),
         "c": lambda: big_mlp(sizes, device),
     }
     if mlp is not None:
-        builders = {"a": lambda: Problem("a", mlp.name, mlp.model, mlp.x, mlp.y), **builders}
-    for key, build in builders.items():
+        builders["a"] = lambda: Problem("a", mlp.name, mlp.model, mlp.data)
+    order = [k for k in SPEED_SHARES if k in builders]
+    for i, key in enumerate(order):
+        rest = sum(SPEED_SHARES[k] for k in order[i:])
+        deadline = budget.share(S2_END, SPEED_SHARES[key], rest)
         with guard(report, f"2. speed ({key})"):
-            log(f"[2] building ({key})")
-            problems[key] = build()
-            speed(problems[key], device, sizes, budget, report)
+            log(f"[2] building ({key}); {budget.before(deadline):.0f} s for it")
+            problems[key] = build = builders[key]()
+            speed(build, device, sizes, deadline, budget, report)
         release()
     return problems
 
@@ -853,22 +1282,53 @@ def section_hvp(
     device: torch.device,
     sizes: Sizes,
     budget: Budget,
+    until: float,
     report: Report,
 ) -> None:
-    """Section 3: costs on (c) and (b), then the finite-difference table."""
-    sec = "3. Hessian-vector products"
-    for key in ("c", "b"):
-        if key not in problems or budget.left() < 5:
-            report.add(sec, [f"({key}) skipped: not built or time budget.", ""])
+    """Section 3: costs and eigenvalues on (b') and (d), then the finite-difference table."""
+    sec = "3. Hessian-vector products and top eigenvalues"
+    order = list(HVP_SHARES)
+    hvp_s: dict[str, float] = {}
+    for i, key in enumerate(order[:-1]):
+        rest = sum(HVP_SHARES[k] for k in order[i:])
+        deadline = budget.share(until, HVP_SHARES[key], rest)
+        if key not in problems or budget.before(deadline) < 3:
+            report.add(sec, [f"({key}) skipped: not built, or the time budget.", ""])
             continue
         with guard(report, f"3. HVP ({key})"):
-            log(f"[3] HVP costs ({key})")
-            hvp_costs(problems[key], device, sizes, budget, report)
+            log(f"[3] HVP costs ({key}); {budget.before(deadline):.0f} s for it")
+            hvp_s[key] = hvp_costs(problems[key], device, sizes, deadline, budget, report)
         release()
-    fd = [(problems[k], torch.float32) for k in ("c", "b") if k in problems]
+    fd = [(problems[k], torch.float32) for k in ("d", "b'") if k in problems]
     if small_cnn is not None:
         fd += [(small_cnn, torch.float32), (small_cnn, torch.float64)]
-    fd_table(fd, device, report, budget)
+    fd_table(fd, device, report, budget, until, hvp_s)
+
+
+def section_ranks(
+    problems: dict[str, Problem],
+    world: int,
+    device: torch.device,
+    sizes: Sizes,
+    budget: Budget,
+    report: Report,
+) -> None:
+    sec = "4. Ranks"
+    if device.type == "cuda" and world == 0:
+        report.add(
+            sec,
+            [
+                f"One GPU (`torch.cuda.device_count()` = {torch.cuda.device_count()}): "
+                "ranks not measured.",
+                "",
+            ],
+        )
+        return
+    if "b'" not in problems:
+        report.add(sec, ["Skipped: (b') was not built (see section 2 and the errors).", ""])
+        return
+    with guard(report, "4. ranks"):
+        ranks_section(problems["b'"], world, device, sizes, budget, report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -880,7 +1340,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="markdown report (default: results/gpu.md)"
     )
     ap.add_argument(
-        "--budget", type=float, default=None, help="seconds for the whole run (200; --quick 50)"
+        "--budget", type=float, default=None, help="seconds for the whole run (270; --quick 150)"
     )
     ap.add_argument(
         "--deterministic-rerun",
@@ -889,7 +1349,11 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat section 1's repeat check with deterministic algorithms (auto: if a repeat differed)",
     )
     ap.add_argument("--determinism-child", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--job", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--job-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.job is not None:
+        return rank_job(args.job, args.job_out, args.device)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False; use --device cpu")
@@ -915,7 +1379,10 @@ def main(argv: list[str] | None = None) -> int:
         small["cnn"] = residual_cnn(sizes.cnn_small, cpu, key="cnn")
     section_correctness(args, list(small.values()), device, sizes, budget, report)
     big = section_speed(small.get("mlp"), device, sizes, budget, report)
-    section_hvp(big, small.get("cnn"), device, sizes, budget, report)
+    world = rank_count(device, sizes)
+    until = S3_END_WITH_RANKS if world else 1.0
+    section_hvp(big, small.get("cnn"), device, sizes, budget, until, report)
+    section_ranks(big, world, device, sizes, budget, report)
     report.head.insert(-1, f"- finished in {budget.elapsed():.0f} s")
     report.write()
     print(out.read_text(), flush=True)
