@@ -78,14 +78,19 @@ previous one still fits, and Lanczos is capped (``max_iter``) to what fits.
    CPU the section launches 2 gloo ranks on the sizes given: a smoke test of the launcher
    and the job, not a measurement.
 
-Time on an H200, estimated from the earlier results (``results/gpu.md``: residual CNN,
-32 channels, 4,096 images: 5.9 ms per forward; the 10.5 M MLP: 1.7-2.3 s per plane): CUDA
-start and section 1 ≈ 25 s; section 2 ≈ 130 s ((b') at ~2× that CNN's FLOPs and memory
-traffic, ~12 ms per forward, 4 methods × 441 points ≈ 25 s a round; (d) ~2.7e11 FLOPs
-per pass in IEEE float32, ~10 ms, ≈ 20 s a round; (c) ≈ 12 s a round); section 3 ≈
-50 s (HVP ≈ 4 forwards; 30-60 Lanczos steps, on (d) host-bound: each step reads the
-basis so far, 3.7 M float64 numbers a vector); one GPU: no section 4. About 200 s, and
-the budget (270 s) cuts rounds before the run could pass it.
+Time on an H200, estimated from the earlier run (``results/gpu.md``) and FLOP counts
+(``torch.utils.flop_counter``): ResNet-20 is 81 MFLOP an image, 2.05× the residual CNN
+of 32 channels whose forward over 4,096 images took 5.9 ms there and whose HVP took
+231 ms; (d) is 1.0 GFLOP a sequence, 0.26 TFLOP a pass over its 256 sequences in IEEE
+float32 (matmul precision ``highest``). CUDA start and section 1 ≈ 25 s. Section 2 ≈
+120 s: (b') ~12 ms a forward, 4 methods × 441 points ≈ 25 s a round, one round in its
+share; (d) ~12 ms a pass, ≈ 22 s a round, two rounds; (a) ≈ 3 s; (c) ≈ 12 s a round,
+up to three. Section 3 ≈ 65 s: (b') ~0.45 s a product, a top-5 Lanczos of 30-50 steps
+≈ 15-25 s; (d) ~0.05 s a product, but its Lanczos is host-bound: step j reads about
+4 j vectors of 3.7 M float64 numbers, at ~2 ns a number (the earlier run's top-1
+Lanczos on the 10.5 M MLP spent 4.9 of its 5.2 s outside the products), ≈ 25 s for 40
+steps; the FD table ≈ 10 s. One GPU: no section 4. About 210 s in all, plus ~5 s of
+imports before the clock starts; the 270 s budget skips or caps what would pass it.
 
 Only lossmap's public API is used (``lossmap``, ``lossmap.hessian``,
 ``lossmap.directions``, ``lossmap.distributed``, ``lossmap.zoo``,
@@ -148,10 +153,11 @@ SPEED_SHARES = {"b'": 3.0, "d": 3.0, "a": 1.0, "c": 2.0}
 HVP_SHARES = {"b'": 2.0, "d": 2.0, "fd": 1.0}
 SPEED_SLACK = 1.5  # a plane's estimate: points × one forward × this (vmap ran 1.65×)
 EIG_K, EIG_TOL = 5, 1e-3
-# Lanczos's host cost per step j (full reorthogonalisation, twice, float64): about
-# 4 j n numbers read, at this many seconds per number on one core; used only to cap
-# max_iter to the time left.
-HOST_S_PER_NUMBER = 5e-10
+# Lanczos's host cost per step j (full reorthogonalisation, twice, float64, one BLAS
+# thread): about 4 j n numbers read, at this many seconds per number; used only to cap
+# max_iter to the time left. From the earlier H200 run: 9 steps on 10.5 M parameters
+# spent 4.9 s outside the products, ~2.4e9 numbers read (the basis and temporaries).
+HOST_S_PER_NUMBER = 2e-9
 RANKS_LAUNCH_S = 30.0  # torchrun, G interpreters importing torch, process-group start
 
 
@@ -737,6 +743,8 @@ def timed_rounds(
     repeats: int,
     deadline: float,
     budget: Budget,
+    report: Report,
+    key: str,
 ) -> Timings:
     """Up to ``repeats`` round-robin rounds (rotated), a round only where the previous
     one's time still fits before ``deadline``; the first round always runs."""
@@ -754,7 +762,7 @@ def timed_rounds(
             try:
                 t, res = timed(device, methods[k])
             except Exception as e:  # e.g. out of memory at the full plane's chunk size
-                out.failed[k] = first_line(e)
+                out.failed[k] = record_error(report, f"2. ({key}) {k} (timed plane)", e)
                 release()
                 continue
             out.times[k].append(t)
@@ -811,10 +819,8 @@ def speed(
         report.add(sec, [title, "", "The naive loop failed: nothing to compare.", ""])
         return
     log(f"[2] {p.key}: up to {sizes.repeats} timed round(s), {budget.before(deadline):.0f} s left")
-    res = timed_rounds(methods, device, sizes.repeats, deadline, budget)
-    for k, why in res.failed.items():
-        failed[k] = why
-        report.errors.append(f"- **2. ({p.key}) {k}** (timed plane): `{why}`")
+    res = timed_rounds(methods, device, sizes.repeats, deadline, budget, report, p.key)
+    failed |= res.failed
     report.add(sec, speed_rows(p, title, fwd, probe, res, failed, sizes, n))
 
 
@@ -1113,7 +1119,10 @@ def launch_ranks(world: int, payload: Path, out: Path, device: torch.device, lim
         proc.communicate()
         raise RuntimeError(f"torchrun did not finish within {limit:.0f} s (killed)") from None
     if proc.returncode != 0 or not out.exists():
-        tail = (stderr or stdout).strip().splitlines()[-8:]
+        lines = (stderr or stdout).strip().splitlines()
+        # torchrun ends with its own summary; the ranks' exceptions come before it
+        errors = [x.strip() for x in lines if "Error" in x or "Exception" in x]
+        tail = list(dict.fromkeys(errors))[-3:] or lines[-8:]
         raise RuntimeError(f"torchrun failed (rc {proc.returncode}): {' | '.join(tail)}")
     return time.perf_counter() - t0
 
