@@ -4,7 +4,7 @@ and eigenvalues, ranks.
 Usage::
 
     PYTHONPATH=src python3 benchmarks/gpu.py --out $OUT/gpu.md           # on a CUDA machine, < 5 min
-    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-cpu.md  # smoke test, ~2 min
+    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-cpu.md  # smoke test, ~20 s
 
 The one prepared check for a GPU lent for a few minutes (issue #11). It never stops at
 a failure: every part runs under a guard, an exception is a finding (written to the
