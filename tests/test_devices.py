@@ -3,10 +3,16 @@ passing the figures (GPU count, LOCAL_RANK, total and free bytes) or faking torc
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+from lossmap import devices
 from lossmap.devices import (
+    FREE_MEMORY_SHARE,
+    chunk_budget,
+    free_memory,
     local_rank,
     resolve_device,
 )
@@ -78,6 +84,78 @@ def test_local_rank() -> None:
     for bad in ("", "-1", "one", "1.5"):
         with pytest.raises(ValueError, match="LOCAL_RANK"):
             local_rank({"LOCAL_RANK": bad})
+
+
+# ----------------------------------------------------------------- memory budget
+def test_the_budget_comes_from_total_memory_whatever_is_free() -> None:
+    """Free memory at or above what the budget needs changes nothing (the same chunks,
+    the same bits, on a busy or an idle device)."""
+    for total, fraction, expected in [(80 * GiB, 0.25, GiB), (2 * GiB, 0.25, GiB // 2)]:
+        need = int(expected / FREE_MEMORY_SHARE)
+        for free in (None, need, need + 1, 3 * need, total):
+            b = chunk_budget(total=total, free=free, fraction=fraction, most=GiB)
+            assert b == (expected, None), (total, free)
+
+
+def test_short_free_memory_caps_the_budget_and_says_so() -> None:
+    """A GPU of 80 GiB of which another process holds all but 1 GiB: the budget is cut
+    to the share of what is free, and the figures are reported."""
+    b = chunk_budget(total=80 * GiB, free=GiB, fraction=0.25, most=GiB)
+    assert b.bytes == int(GiB * FREE_MEMORY_SHARE) < GiB
+    assert b.capped == {"free": GiB, "budget": GiB}
+    # continuous at the threshold: just below it, the cap is just below the budget
+    need = int(GiB / FREE_MEMORY_SHARE)
+    assert GiB - 2 <= chunk_budget(total=80 * GiB, free=need - 2, fraction=0.25, most=GiB).bytes
+    # nothing free: still a positive budget (a chunk of one point)
+    assert chunk_budget(total=80 * GiB, free=0, fraction=0.25, most=GiB).bytes == 1
+
+
+def test_free_memory_on_cuda_asks_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        seen.append(device)
+        return 3 * GiB, 80 * GiB
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert free_memory("cuda:1") == 3 * GiB
+    assert seen == [torch.device("cuda:1")]
+
+
+def test_free_memory_on_cpu_is_memavailable_not_memfree() -> None:
+    text = "MemTotal:  16000000 kB\nMemFree:  1000 kB\nMemAvailable:  9000000 kB\n"
+    assert devices._mem_available(text) == 9000000 * 1024
+    assert devices._mem_available("MemTotal: 1 kB\n") is None
+    free = free_memory("cpu")
+    if sys.platform.startswith("linux"):
+        assert free is not None and free > 0
+    assert free_memory("meta") is None  # unknown: no cap
+
+
+def test_the_engine_caps_chunks_only_when_free_memory_is_short(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """memory_budget with a faked free figure: plenty free, the total's budget and no
+    note; short, the cap, recorded in the engine's info and logged as a warning."""
+    import lossmap as lm
+    from lossmap.evaluate import memory
+
+    land = lm.examples.linear_regression()
+    total = lm.data.total_memory(land.device)
+    monkeypatch.setattr(devices, "free_memory", lambda device: total)
+    info: dict[str, object] = {}
+    full = memory.memory_budget(land, 0.25, info)
+    assert full == min(memory.MAX_CHUNK_BYTES, int(total * 0.25)) and info == {}
+    monkeypatch.setattr(devices, "free_memory", lambda device: full // 4)
+    with caplog.at_level("WARNING", logger="lossmap"):
+        capped = memory.memory_budget(land, 0.25, info)
+    assert capped == int(full // 4 * FREE_MEMORY_SHARE)
+    assert info["memory_capped"] == {"free": full // 4, "budget": full}
+    assert "may differ in the last bits" in caplog.text
+    # and a whole run records it
+    d = lm.directions.random(land, 1, seed=0)[0]
+    res = lm.line(land, d, steps=5)
+    assert res.meta["engine"]["memory_capped"] == {"free": full // 4, "budget": full}
 
 
 # ----------------------------------------------------------------- the command line

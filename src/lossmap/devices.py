@@ -1,18 +1,25 @@
-"""Devices: which one a run uses.
+"""Devices: which one a run uses and the memory it may use.
 
-A pure function of the figures it is given (how many GPUs, the ``LOCAL_RANK`` torchrun
-set), so that every branch, CUDA's included, is exercised on a machine without a GPU;
-the command line passes the machine's own figures (``torch.cuda.device_count()``,
-``os.environ``).
+Each decision is a pure function of the figures it is given (how many GPUs, the
+``LOCAL_RANK`` torchrun set, total and free bytes), so that every branch, CUDA's
+included, is exercised on a machine without a GPU; the callers pass the machine's own
+figures (``torch.cuda.device_count()``, ``os.environ``, :func:`free_memory`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
 
 __all__ = [
     "DEVICE_FORMS",
+    "FREE_MEMORY_SHARE",
+    "Budget",
+    "chunk_budget",
+    "free_memory",
     "local_rank",
     "resolve_device",
 ]
@@ -103,3 +110,68 @@ def resolve_device(
             f"(torchrun --nproc-per-node {cuda_count}), or --device cpu"
         )
     return f"cuda:{local_rank}"
+
+
+# ----------------------------------------------------------------- memory
+FREE_MEMORY_SHARE = 0.5
+"""Where memory is short, a chunk plans for at most this share of what is free when the
+run starts (the rest: what the chunk estimates miss, the allocator's slack)."""
+
+
+class Budget(NamedTuple):
+    """Bytes a chunk may use, and ``capped``: ``None``, or the figures that made free
+    memory cut the budget (``{"free": ..., "budget": ...}``, bytes)."""
+
+    bytes: int
+    capped: dict[str, int] | None
+
+
+def chunk_budget(*, total: int, free: int | None, fraction: float, most: int) -> Budget:
+    """The bytes a chunk may use: ``fraction`` of ``total`` memory, at most ``most``;
+    cut to :data:`FREE_MEMORY_SHARE` of ``free`` only where that is less.
+
+    The budget comes from total memory so that two runs cut the same chunks (and so
+    agree bit for bit) whatever else runs on the machine; free memory only caps it
+    where the device is nearly full (another process holds most of it), and the cap is
+    reported, since the chunks, and with them the last bits of batched values, may then
+    differ from an uncapped run's. ``free=None`` (unknown): no cap.
+
+    >>> chunk_budget(total=8 << 30, free=6 << 30, fraction=0.25, most=1 << 30).bytes == 1 << 30
+    True
+    >>> chunk_budget(total=8 << 30, free=1 << 30, fraction=0.25, most=1 << 30).capped
+    {'free': 1073741824, 'budget': 1073741824}
+    """
+    budget = int(min(most, total * fraction))
+    if free is None:
+        return Budget(budget, None)
+    room = int(max(0, free) * FREE_MEMORY_SHARE)
+    if room >= budget:
+        return Budget(budget, None)
+    return Budget(max(1, room), {"free": int(free), "budget": budget})
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes ``device`` can still give: CUDA's free memory, on Linux the kernel's
+    ``MemAvailable`` (free pages plus the cache it can drop, not ``MemFree``, which a
+    full page cache makes small); ``None`` where unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return _mem_available(f.read())
+    except OSError:
+        return None
+
+
+def _mem_available(meminfo: str) -> int | None:
+    """``MemAvailable`` of a ``/proc/meminfo`` text, in bytes (``None`` if absent).
+
+    >>> _mem_available("MemTotal: 100 kB\\nMemAvailable:  2 kB\\n")
+    2048
+    """
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, flags=re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None

@@ -67,8 +67,9 @@ def run(
     Returns:
         :class:`EvalResult` with non-finite values stored as NaN. Two calls with the
         same arguments return the same values bit for bit: the strategy and the chunks
-        do not depend on timing or on free memory (an out-of-memory error, which
-        halves a chunk and is recorded as ``oom_halvings``, is the one exception).
+        do not depend on timing or on free memory (the exceptions: an out-of-memory
+        error, which halves a chunk and is recorded as ``oom_halvings``, and free memory
+        short of the chunk budget, which caps it and is recorded as ``memory_capped``).
 
     Raises:
         ValueError: an unknown strategy or data set (the message lists the valid ones),
@@ -85,9 +86,9 @@ def run(
     if n == 0:
         raise ValueError("no points to evaluate")
     t_start = time.perf_counter()
-    budget = memory_budget(land, memory_fraction)
     can = eligible(land, points)
     info: dict[str, Any] = {"n_points": n, "eligible": can}
+    budget = memory_budget(land, memory_fraction, info)
     streaming = any(not land.datasets[d].in_memory for d in dsets)
     out = np.empty((n, len(dsets) * len(land.stat_names)))
     done_mask = np.zeros(n, dtype=bool)
