@@ -14,6 +14,7 @@ from lossmap.devices import (
     chunk_budget,
     free_memory,
     local_rank,
+    peak_memory,
     resolve_device,
 )
 
@@ -156,6 +157,46 @@ def test_the_engine_caps_chunks_only_when_free_memory_is_short(
     d = lm.directions.random(land, 1, seed=0)[0]
     res = lm.line(land, d, steps=5)
     assert res.meta["engine"]["memory_capped"] == {"free": full // 4, "budget": full}
+
+
+# ----------------------------------------------------------------- peak memory
+def test_peak_memory_on_cpu_is_the_process_max_rss() -> None:
+    pytest.importorskip("resource")
+    p = peak_memory("cpu")
+    assert p["device"] == "cpu" and p["how"] == "ru_maxrss"
+    # this process holds torch: more than 10 MB, less than the machine
+    import os
+
+    assert 10e6 < p["bytes"] <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_peak_memory_on_cuda_asks_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(("reset", d)))
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda d: calls.append(("max", d)) or 12345
+    )
+    devices.reset_peak_memory()
+    assert calls == [("reset", 0), ("reset", 1)]
+    assert peak_memory("cuda:1") == {
+        "device": "cuda:1",
+        "bytes": 12345,
+        "how": "torch.cuda.max_memory_allocated",
+    }
+    assert calls[-1] == ("max", torch.device("cuda:1"))
+
+
+def test_no_cuda_count_to_reset_or_read_before_cuda_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*_a: object) -> None:
+        raise AssertionError("CUDA must not be touched before it is initialised")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", never)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", never)
+    devices.reset_peak_memory()
+    assert peak_memory("cuda")["bytes"] == 0
 
 
 # ----------------------------------------------------------------- the command line

@@ -1,4 +1,4 @@
-"""Devices: which one a run uses and the memory it may use.
+"""Devices: which one a run uses, the memory it may use and the memory it took.
 
 Each decision is a pure function of the figures it is given (how many GPUs, the
 ``LOCAL_RANK`` torchrun set, total and free bytes), so that every branch, CUDA's
@@ -9,8 +9,9 @@ figures (``torch.cuda.device_count()``, ``os.environ``, :func:`free_memory`).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -21,6 +22,8 @@ __all__ = [
     "chunk_budget",
     "free_memory",
     "local_rank",
+    "peak_memory",
+    "reset_peak_memory",
     "resolve_device",
 ]
 
@@ -175,3 +178,44 @@ def _mem_available(meminfo: str) -> int | None:
     """
     m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, flags=re.MULTILINE)
     return int(m.group(1)) * 1024 if m else None
+
+
+# ----------------------------------------------------------------- peak memory
+def reset_peak_memory() -> None:
+    """Start counting peak memory afresh on every GPU this process has used (a process
+    that has not initialised CUDA has no count to reset)."""
+    if torch.cuda.is_initialized():
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
+
+
+def peak_memory(device: torch.device | str) -> dict[str, Any]:
+    """The most memory this run held on ``device``, as run.json records it:
+    ``{"device", "bytes", "how"}``.
+
+    On a GPU, :func:`torch.cuda.max_memory_allocated` since :func:`reset_peak_memory`
+    (tensors only: the allocator's cache and the CUDA context come on top). Elsewhere,
+    the process's largest resident set (``ru_maxrss``: every run in this process so
+    far, and the interpreter and libraries with them); ``bytes`` is ``None`` where the
+    platform has no such count.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_initialized():
+            return {"device": str(dev), "bytes": 0, "how": "torch.cuda.max_memory_allocated"}
+        return {
+            "device": str(dev),
+            "bytes": int(torch.cuda.max_memory_allocated(dev)),
+            "how": "torch.cuda.max_memory_allocated",
+        }
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {"device": str(dev), "bytes": None, "how": "unavailable"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return {
+        "device": str(dev),
+        "bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+        "how": "ru_maxrss",
+    }
