@@ -11,10 +11,12 @@ import torch
 from lossmap import devices
 from lossmap.devices import (
     FREE_MEMORY_SHARE,
+    Precision,
     chunk_budget,
     free_memory,
     local_rank,
     peak_memory,
+    precision_context,
     resolve_device,
 )
 
@@ -197,6 +199,43 @@ def test_no_cuda_count_to_reset_or_read_before_cuda_starts(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", never)
     devices.reset_peak_memory()
     assert peak_memory("cuda")["bytes"] == 0
+
+
+# ----------------------------------------------------------------- precision
+def test_precision_contexts() -> None:
+    f32 = torch.ones(2, 2)
+    assert precision_context("float32", device="cpu", dtype=torch.float32)() is not None
+    assert precision_context("float32", device="cpu", dtype=torch.float64) is not None
+    for p, low in (("bfloat16", torch.bfloat16), (Precision.float16, torch.float16)):
+        with precision_context(p, device="cpu", dtype=torch.float32)():
+            assert (f32 @ f32).dtype == low
+    with precision_context("float32", device="cpu", dtype=torch.float32)():
+        assert (f32 @ f32).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "dtype", "needles"),
+    [
+        ("bf16", "cpu", torch.float32, ["unknown precision 'bf16'", "float32, bfloat16, float16"]),
+        ("bfloat16", "cpu", torch.float64, ["float64", "precision 'float32'"]),
+        ("float16", "meta", torch.float32, ["does not support device type 'meta'"]),
+    ],
+)
+def test_precision_refused_where_it_would_not_apply(
+    precision: str, device: str, dtype: torch.dtype, needles: list[str]
+) -> None:
+    with pytest.raises(ValueError) as e:
+        precision_context(precision, device=device, dtype=dtype)
+    for n in needles:
+        assert n in str(e.value), str(e.value)
+
+
+def test_precision_refused_where_autocast_would_only_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.autocast with a dtype the device does not support warns and runs in full
+    precision; the check turns that into an error (float64: never an autocast dtype)."""
+    monkeypatch.setitem(devices._AUTOCAST_DTYPES, Precision.float16, torch.float64)
+    with pytest.raises(ValueError, match="not supported on cpu"):
+        precision_context("float16", device="cpu", dtype=torch.float32)
 
 
 # ----------------------------------------------------------------- the command line

@@ -1,4 +1,5 @@
-"""Devices: which one a run uses, the memory it may use and the memory it took.
+"""Devices: which one a run uses, the precision it evaluates in, the memory it may use
+and the memory it took.
 
 Each decision is a pure function of the figures it is given (how many GPUs, the
 ``LOCAL_RANK`` torchrun set, total and free bytes), so that every branch, CUDA's
@@ -8,9 +9,14 @@ figures (``torch.cuda.device_count()``, ``os.environ``, :func:`free_memory`).
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import functools
 import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import torch
@@ -19,10 +25,12 @@ __all__ = [
     "DEVICE_FORMS",
     "FREE_MEMORY_SHARE",
     "Budget",
+    "Precision",
     "chunk_budget",
     "free_memory",
     "local_rank",
     "peak_memory",
+    "precision_context",
     "reset_peak_memory",
     "resolve_device",
 ]
@@ -113,6 +121,65 @@ def resolve_device(
             f"(torchrun --nproc-per-node {cuda_count}), or --device cpu"
         )
     return f"cuda:{local_rank}"
+
+
+# ----------------------------------------------------------------- precision
+class Precision(str, enum.Enum):
+    """The precision the engine evaluates points in: ``float32``, the parameters' own
+    dtype (no autocast); ``bfloat16`` or ``float16``, the model's forward pass under
+    :func:`torch.autocast` to that dtype."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+_AUTOCAST_DTYPES = {Precision.bfloat16: torch.bfloat16, Precision.float16: torch.float16}
+
+
+def precision_context(
+    precision: str, *, device: torch.device | str, dtype: torch.dtype
+) -> Callable[[], AbstractContextManager[Any]]:
+    """A maker of the context a forward pass at ``precision`` runs in, checked now:
+    ``torch.autocast(device type, dtype)`` for ``bfloat16``/``float16``, nothing for
+    ``float32``. ``dtype``: the parameters' dtype.
+
+    Raises:
+        ValueError: an unknown precision (listing the valid ones); float64 parameters
+            with a lower precision (autocast leaves float64 as it is); a device type
+            or dtype torch's autocast does not support here (it would otherwise only
+            warn and run in full precision).
+    """
+    try:
+        p = Precision(precision)
+    except ValueError:
+        valid = ", ".join(m.value for m in Precision)
+        raise ValueError(f"unknown precision {precision!r}; choose one of {valid}") from None
+    low = _AUTOCAST_DTYPES.get(p)
+    if low is None:
+        return contextlib.nullcontext
+    kind = torch.device(device).type
+    if dtype != torch.float32:
+        raise ValueError(
+            f"precision {p.value!r} autocasts float32 tensors, but the parameters are "
+            f"{str(dtype).removeprefix('torch.')}; use precision 'float32' or a float32 model"
+        )
+    if not torch.amp.is_autocast_available(kind):
+        raise ValueError(
+            f"precision {p.value!r}: torch.autocast does not support device type {kind!r}; "
+            "use precision 'float32'"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(kind, dtype=low):
+                enabled = torch.is_autocast_enabled(kind)
+        except RuntimeError as e:  # e.g. bfloat16 on a GPU older than Ampere
+            raise ValueError(f"precision {p.value!r} on {kind}: {e}") from None
+    if not enabled:
+        why = "; ".join(str(w.message) for w in caught) or "autocast stayed disabled"
+        raise ValueError(f"precision {p.value!r} is not supported on {kind} ({why})")
+    return functools.partial(torch.autocast, kind, dtype=low)
 
 
 # ----------------------------------------------------------------- memory

@@ -238,6 +238,24 @@ DeviceOpt = Annotated[
 ]
 
 
+class Precision(str, enum.Enum):
+    """The engine's precisions (``lossmap.devices.Precision``), checked by typer."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Evaluate the model's forward passes in float32, or under torch.autocast to "
+        "bfloat16/float16 (one point per call; never the Hessian's products).",
+    ),
+]
+
+
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
 
 
