@@ -66,17 +66,13 @@ def run(
             starts, and the strategy and chunk size of the first attempt are reused, so
             a resumed run gives the same values, bit for bit, as an uninterrupted one.
         view: the name of this grid in the journal.
-        precision: ``"float32"`` (the parameters' own dtype), or ``"bfloat16"`` /
-            ``"float16"``: the model's forward passes under :func:`torch.autocast`
-            (one point per call; values still summed in float64); recorded in the
-            result's ``info`` and the journal, which refuses to resume at another.
+        precision: a :class:`~lossmap.devices.Precision` (a journal refuses another).
 
     Returns:
         :class:`EvalResult` with non-finite values stored as NaN. Two calls with the
         same arguments return the same values bit for bit: the strategy and the chunks
-        do not depend on timing or on free memory (the exceptions: an out-of-memory
-        error, which halves a chunk and is recorded as ``oom_halvings``, and free memory
-        short of the chunk budget, which caps it and is recorded as ``memory_capped``).
+        do not depend on timing or free memory (except as ``info`` records it:
+        ``oom_halvings``, ``memory_capped``: free memory short of the chunk budget).
 
     Raises:
         ValueError: an unknown strategy or data set (the message lists the valid ones),
