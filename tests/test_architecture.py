@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "lossmap.linalg",
         "lossmap.models",
         "lossmap.distributed",
+        "lossmap.devices",
     ),
     ("lossmap.data",),
     ("lossmap.objective",),

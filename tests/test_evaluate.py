@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lossmap as lm
-from lossmap import evaluate
+from lossmap import devices, evaluate
 from lossmap.evaluate import Explicit, Span, chunks, memory, run
 from lossmap.evaluate.losses import batched_output_stats
 
@@ -209,17 +209,21 @@ def _landscape(kind: str, n: int = 40, **kw) -> lm.Landscape:
     ],
 )
 def test_auto_is_a_fixed_rule_of_the_model_not_of_timing(kind, kw, expected, monkeypatch) -> None:
-    """auto consults neither a clock nor free memory: with both made to raise, it picks
-    the strategy its rule names, every time, and its values are bit for bit those of
-    that strategy asked for by name."""
+    """auto consults neither a clock nor free memory: with the clock made to raise and
+    free memory plentiful but different at every call, it picks the strategy its rule
+    names, every time, and its values are bit for bit those of that strategy asked for
+    by name."""
 
     def no_clock() -> float:
         raise AssertionError("auto must not time anything")
 
-    def no_free_memory(*_args) -> int:
-        raise AssertionError("sizes must not depend on free memory")
+    free = iter(range(1 << 40, 1 << 41, 1 << 30))
 
-    monkeypatch.setattr(lm.data, "available_memory", no_free_memory)
+    def plenty_and_changing(*_args) -> int:
+        return next(free)  # free memory never short: it only caps a budget where it is
+
+    monkeypatch.setattr(lm.data, "available_memory", plenty_and_changing)
+    monkeypatch.setattr(devices, "free_memory", plenty_and_changing)
     land = _landscape(kind, n=64 if kind.endswith("big") else 40, **kw)
     d1, d2 = lm.directions.random(land, 2, seed=0)
     picks = set()

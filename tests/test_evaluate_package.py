@@ -25,6 +25,7 @@ ORDER = ["scratch", "points", "kernels", "losses", "memory", "strategies", "choi
 BELOW = {
     "lossmap._checks",
     "lossmap.data",
+    "lossmap.devices",
     "lossmap.distributed",
     "lossmap.objective",
     "lossmap.store",

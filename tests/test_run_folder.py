@@ -92,7 +92,17 @@ def test_every_command_writes_its_run_folder_through_run_folder(
         params = {q.name for q in typer.main.get_command(app).commands[command].params}  # type: ignore[attr-defined]
         assert set(record["arguments"]) == params, (command, set(record["arguments"]) ^ params)
         assert all((out / f).is_file() for f in record["files"]), command
+        # the run's peak memory on its device (on CPU, the process's max RSS)
+        peak = record["peak_memory"]
+        assert peak["device"] == record["device"] == "cpu", command
+        assert peak["how"] == "ru_maxrss" and 0 < peak["bytes"] <= _machine_bytes(), command
         assert f"{out}/" in stdout.splitlines()[-2 if command == "demo" else -1], command
+
+
+def _machine_bytes() -> int:
+    import os
+
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_a_failure_inside_writes_no_run_json(
@@ -127,11 +137,12 @@ def test_run_folder_order_and_interruption(
         run.summary = ["done"]
         assert not (run.out / "run.json").exists()
     record = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert list(record)[:7] == [
+    assert list(record)[:8] == [
         "command",
         "arguments",
         "versions",
         "seconds",
+        "peak_memory",
         "results",
         "extra",
         "files",

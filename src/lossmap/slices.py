@@ -209,6 +209,7 @@ def _span_run(
     journal: Journal | None = None,
     view: str = "points",
     chunk_size: int | None = None,
+    precision: str = "float32",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], V.Vector]:
     base = V.clone(origin) if origin is not None else land.point()
     # Raw parameter axes are absolute: zero θ0's entry so the coordinate is its value.
@@ -226,6 +227,7 @@ def _span_run(
         journal=journal,
         view=view,
         chunk_size=chunk_size,
+        precision=precision,
     )
     shape = tuple(len(a) for a in axes)
     return {k: v.reshape(shape) for k, v in res.values.items()}, res.info, base
@@ -263,6 +265,7 @@ def line(
     progress: Progress | None = None,
     journal: Journal | None = None,
     chunk_size: int | None = None,
+    precision: str = "float32",
 ) -> Curve:
     """The loss (and metrics) along ``θ0 + α d`` for ``α`` in ``span``.
 
@@ -278,6 +281,9 @@ def line(
         progress: ``progress(done, total)``.
         journal: a :class:`~lossmap.store.Journal` to resume from and record into.
         chunk_size: points per chunk (default: chosen from memory).
+        precision: ``"float32"``, or ``"bfloat16"``/``"float16"`` for the model's
+            forward passes under :func:`torch.autocast` (see :func:`lossmap.evaluate.run`);
+            recorded as ``meta["engine"]["precision"]``.
 
     Returns:
         :class:`~lossmap.results.Curve` with ``alpha`` and every ``"<set>/<stat>"``.
@@ -297,6 +303,7 @@ def line(
         progress=progress,
         journal=journal,
         chunk_size=chunk_size,
+        precision=precision,
     )
 
 
@@ -313,6 +320,7 @@ def plane(
     progress: Progress | None = None,
     journal: Journal | None = None,
     chunk_size: int | None = None,
+    precision: str = "float32",
 ) -> Surface:
     """The loss (and metrics) on the plane ``θ0 + α d1 + β d2``.
 
@@ -322,7 +330,8 @@ def plane(
             (e.g. ``plane(land, "weight", "bias", span=[(0, 6), (-1, 5)], steps=101)``).
         span: ``r``, ``(lo, hi)`` for both axes, or ``[(lo1, hi1), (lo2, hi2)]``.
         steps: points per axis (an int or a pair, each >= 2).
-        origin, datasets, strategy, progress, journal, chunk_size: as in :func:`line`.
+        origin, datasets, strategy, progress, journal, chunk_size, precision: as in
+            :func:`line`.
 
     Returns:
         :class:`~lossmap.results.Surface`: ``values[k]`` has shape
@@ -345,6 +354,7 @@ def plane(
         journal=journal,
         view="plane",
         chunk_size=chunk_size,
+        precision=precision,
     )
     meta = result_meta(
         land,
@@ -372,10 +382,12 @@ def interpolate(
     progress: Progress | None = None,
     journal: Journal | None = None,
     chunk_size: int | None = None,
+    precision: str = "float32",
 ) -> Curve:
     """The loss along the segment ``(1 - t) a + t b`` (``t = 0`` at ``a``, ``1`` at ``b``).
 
-    Returns a :class:`~lossmap.results.Curve` whose ``alpha`` is ``t``.
+    Returns a :class:`~lossmap.results.Curve` whose ``alpha`` is ``t``; ``precision``
+    as in :func:`line`.
     """
     ((lo, hi),) = parse_span(span, 1)
     (n,) = _parse_steps(steps, 1)
@@ -395,4 +407,5 @@ def interpolate(
         progress=progress,
         journal=journal,
         chunk_size=chunk_size,
+        precision=precision,
     )

@@ -61,12 +61,6 @@ class Strategy(str, enum.Enum):
     affine_vmap = "affine-vmap"
 
 
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 # ---------------------------------------------------------------- options
 ModelOpt = Annotated[
     str | None,
@@ -208,7 +202,58 @@ TrainModeOpt = Annotated[
 ]
 
 
-DeviceOpt = Annotated[Device, typer.Option("--device")]
+def machine_device(spec: str) -> str:
+    """The device ``--device spec`` names on this machine (its GPUs, torchrun's
+    ``LOCAL_RANK``): :func:`lossmap.devices.resolve_device`, its error as one line."""
+    import torch
+
+    from lossmap.devices import local_rank, resolve_device
+
+    try:
+        return resolve_device(
+            spec,
+            cuda_count=torch.cuda.device_count(),
+            local_rank=local_rank(os.environ),
+            mps_available=torch.backends.mps.is_available(),
+        )
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def _check_device(spec: str) -> str:
+    """Checked as the command line is read, before anything runs; kept as typed (run.json
+    records ``auto``, which another machine resolves its own way)."""
+    machine_device(spec)
+    return spec
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:N|mps",
+        callback=_check_device,
+        help="auto: the GPU if there is one (under torchrun, cuda:LOCAL_RANK), else the CPU.",
+    ),
+]
+
+
+class Precision(str, enum.Enum):
+    """The engine's precisions (``lossmap.devices.Precision``), checked by typer."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Evaluate the model's forward passes in float32, or under torch.autocast to "
+        "bfloat16/float16 (one point per call; never the Hessian's products).",
+    ),
+]
 
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]

@@ -17,18 +17,15 @@ from typing import Any
 
 import typer
 
-from lossmap.cli._common import CURRENT_RUN, CliError, Device, Example
+from lossmap.cli._common import CURRENT_RUN, CliError, Example, machine_device
 
 
 # ----------------------------------------------------------------- helpers
-def _device(device: Device) -> str | None:
-    import torch
-
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise CliError("--device cuda was given but no GPU is available; use --device cpu")
-    if device is Device.auto:
-        return "cuda" if torch.cuda.is_available() else None
-    return device.value
+def _device(spec: str) -> str | None:
+    """The device ``--device spec`` names here; ``None`` for ``auto`` on a machine
+    without a GPU: the landscape stays where the factory put it."""
+    dev = machine_device(spec)
+    return None if dev == "cpu" and spec.strip().lower() == "auto" else dev
 
 
 def _example(name: Example) -> Any:
@@ -89,7 +86,7 @@ def _import_factory(spec: str) -> Callable[[], Any]:
     return factory  # type: ignore[no-any-return]
 
 
-def build_landscape(model: str | None, example: Example | None, device: Device) -> Any:
+def build_landscape(model: str | None, example: Example | None, device: str) -> Any:
     """The Landscape named by ``--model`` (a factory) or ``--example``; under torchrun,
     its work shared by the ranks (``lossmap --split``), checked to be the same on each."""
     if (model is None) == (example is None):

@@ -13,7 +13,8 @@ The order of a run, and what an interruption leaves:
    renamed into place: a run killed mid-write leaves no half file under a result's name);
 4. ``run.json`` is written last, on a normal exit only: it names the journal's run id
    and every file, which is how ``lossmap status`` tells a complete run from one killed
-   while writing its results;
+   while writing its results, and the run's peak memory on its device
+   (:func:`lossmap.devices.peak_memory`);
 5. the summary is echoed.
 
 An exception anywhere (a :class:`~lossmap.cli._common.CliError`, an interruption, a
@@ -85,6 +86,9 @@ class RunFolder:
         self._private: Path | None = None
 
     def __enter__(self) -> RunFolder:
+        from lossmap.devices import reset_peak_memory
+
+        reset_peak_memory()  # run.json's peak_memory is this run's (rank 0's under torchrun)
         if secondary_rank():
             # Under torchrun, ranks other than 0 compute their share and write nowhere
             # the user sees: their copies of the files go to a private folder, removed.
@@ -164,11 +168,15 @@ class RunFolder:
         (self._after_files if after_files else self._fields).update(fields)
 
     def _write_record(self) -> None:
+        from lossmap.devices import peak_memory
+
+        device = {**self._fields, **self._after_files}.get("device", "cpu")
         record: dict[str, Any] = {
             "command": self.command,
             "arguments": self.args,
             "versions": library_versions(),
             "seconds": time.perf_counter() - self.t0,
+            "peak_memory": peak_memory(device),
         }
         if self.results:
             record["results"] = {

@@ -13,7 +13,6 @@ import typer
 from lossmap.cli._common import (
     CkptKeyOpt,
     CliError,
-    Device,
     DeviceOpt,
     Example,
     ExampleOpt,
@@ -97,7 +96,7 @@ def connect(
         ),
     ] = None,
     seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/connect"),
     restart: RestartOpt = False,
     checkpoint_key: CkptKeyOpt = None,

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 
 from lossmap.cli._common import (
-    Device,
     DeviceOpt,
     Example,
     OutOpt,
@@ -42,7 +41,7 @@ def demo(
         int, typer.Option("--steps", min=2, max=1001, help="Grid points per axis of the plane.")
     ] = 41,
     seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     restart: RestartOpt = False,
 ) -> None:
     """The main job on a built-in problem: train, a line and a plane, files, figures, summary."""

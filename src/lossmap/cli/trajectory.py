@@ -11,7 +11,6 @@ import typer
 from lossmap.cli._common import (
     CkptKeyOpt,
     CliError,
-    Device,
     DeviceOpt,
     Example,
     ExampleOpt,
@@ -77,7 +76,7 @@ def trajectory_cmd(
         int, typer.Option("--epochs", min=1, help="Built-in digits: epochs to record.")
     ] = 20,
     seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/trajectory"),
     log: LogOpt = None,
     restart: RestartOpt = False,

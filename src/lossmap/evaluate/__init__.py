@@ -31,8 +31,8 @@ Strategies (``strategy=``):
 Strategies compute the same values up to rounding, not bit for bit (their products
 group the sums differently). Within one strategy a run's values depend only on the
 points and the chunk size, and the chunk size comes from the model, the data and the
-device's *total* memory (never its currently free memory); a journal records both so
-a resumed run repeats them.
+device's *total* memory (free memory only caps it where it is short, and the cap is
+recorded as ``memory_capped``); a journal records both so a resumed run repeats them.
 
 The modules, each importing only those above it: :mod:`~lossmap.evaluate.scratch`
 (buffers kept across chunks), :mod:`~lossmap.evaluate.points` (point sets, chunks,

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lossmap._checks import choice
+from lossmap.devices import Precision
 from lossmap.evaluate.kernels import FLAT_NDIM, affine_plan
 from lossmap.evaluate.memory import batch_and_param_bytes, output_sizes
 from lossmap.evaluate.points import PointSet, Span
-from lossmap.evaluate.strategies import AFFINE, Evaluator
+from lossmap.evaluate.strategies import AFFINE, LOW_PRECISION_STRATEGIES, Evaluator
 from lossmap.objective import Objective
 
 __all__ = ["choose", "choose_and_probe", "eligible", "forward_bytes"]
@@ -42,8 +44,11 @@ _NO_BATCHING_RULE = re.compile(r"not yet implemented the batching rule for (\S+?
 (e.g. ``scaled_dot_product_attention`` on CPU): the op is the group's capture."""
 
 
-def eligible(land: Objective, points: PointSet) -> list[str]:
-    """The strategies that can run these points, in the order they are listed."""
+def eligible(land: Objective, points: PointSet, precision: str = "float32") -> list[str]:
+    """The strategies that can run these points at ``precision``, in the order they are
+    listed."""
+    if precision != "float32":
+        return list(LOW_PRECISION_STRATEGIES)
     out = ["loop"]
     if not land.train_mode:
         out.append("vmap")
@@ -92,11 +97,16 @@ def _probe(
 
 
 def choose(
-    land: Objective, points: PointSet, datasets: Sequence[str] | None = None
+    land: Objective,
+    points: PointSet,
+    datasets: Sequence[str] | None = None,
+    *,
+    precision: str = "float32",
 ) -> tuple[str, str]:
     """``auto``'s strategy for these points, and the reason: a fixed rule, no timing.
 
-    1. Training mode: ``loop`` (batch statistics and dropout are per call).
+    1. Training mode: ``loop`` (batch statistics and dropout are per call); a precision
+       below float32: ``loop`` (autocast reaches only the model's own forward pass).
     2. A line/plane/path of an ``nn.Sequential`` whose first layer is ``Linear`` on
        ``[N, features]`` inputs and whose rest is linear layers and elementwise
        activations (an MLP): ``affine-vmap``, the features-first batched path; it does
@@ -112,23 +122,30 @@ def choose(
        ``scaled_dot_product_attention`` on CPU) falls back to the one-point strategy.
 
     The inputs are the model's structure and mode, the kind of point set, the device
-    type and the data's sizes: the same command picks the same strategy on every run.
+    type and the data's sizes (and the precision): the same command picks the same
+    strategy on every run.
 
     Returns:
         ``(strategy, reason)``.
     """
+    precision = choice(precision, Precision, "precision").value
     with land.mode(), torch.inference_mode():
-        strategy, reason, _ = choose_and_probe(land, points, datasets)
+        strategy, reason, _ = choose_and_probe(land, points, datasets, precision=precision)
     return strategy, reason
 
 
 def choose_and_probe(
-    land: Objective, points: PointSet, datasets: Sequence[str] | None
+    land: Objective,
+    points: PointSet,
+    datasets: Sequence[str] | None,
+    precision: str = "float32",
 ) -> tuple[str, str, Evaluator | None]:
     """:func:`choose` (call it inside ``land.mode()`` and inference mode), plus the
     probe's evaluator where the pick was probed: the run goes on with it."""
     dsets = list(datasets) if datasets is not None else list(land.datasets)
-    can = eligible(land, points)
+    can = eligible(land, points, precision)
+    if precision != "float32":
+        return "loop", f"precision {precision}: autocast reaches only the model's forward", None
     if can == ["loop"]:
         return "loop", "training mode: only loop runs it", None
     span = "affine" in can

@@ -1,20 +1,23 @@
 """Chunk sizing: how many points the engine evaluates per pass over the data.
 
 Sizes come from the model's structure, the data's sizes and the device's *total*
-memory, never its currently free memory and never a clock: a batched strategy's
-rounding can depend on how many points share a product, so two runs of one command
-must cut the same chunks. Every constant below is a measured or chosen bound; change
-one and chunk sizes (and so the last bits of batched values) change with it.
+memory, never a clock, and free memory only where it is short (a cap, reported): a
+batched strategy's rounding can depend on how many points share a product, so two runs
+of one command must cut the same chunks. Every constant below is a measured or chosen
+bound; change one and chunk sizes (and so the last bits of batched values) change with
+it.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from lossmap import devices
 from lossmap.data import Batch, batch_size, total_memory
 from lossmap.evaluate.kernels import FLAT_NDIM, affine_plan
 from lossmap.objective import Objective
@@ -28,6 +31,8 @@ __all__ = [
     "output_sizes",
     "vmap_chunk",
 ]
+
+log = logging.getLogger("lossmap")
 
 MAX_CHUNK_BYTES = 1 << 30
 """A chunk never plans for more than 1 GiB, whatever share of memory it may use."""
@@ -97,12 +102,36 @@ class OutputSizes(NamedTuple):
     first_ndim: int
 
 
-def memory_budget(land: Objective, fraction: float) -> int:
+def memory_budget(land: Objective, fraction: float, info: dict[str, Any] | None = None) -> int:
     """Bytes a chunk may use: ``fraction`` of the device's total memory, at most
     :data:`MAX_CHUNK_BYTES`. Total, not free: free memory varies between runs, and chunk
     sizes must not (a batched strategy's rounding can depend on how many points share a
-    product)."""
-    return int(min(MAX_CHUNK_BYTES, total_memory(land.device) * fraction))
+    product).
+
+    Free memory only caps the budget where it is short (another process holds most of
+    the device: :func:`lossmap.devices.chunk_budget`); the cap is then logged as a
+    warning and recorded in ``info["memory_capped"]`` (``{"free": ..., "budget": ...}``,
+    bytes), since the chunks, and the last bits of batched values, may differ from an
+    uncapped run's."""
+    budget = devices.chunk_budget(
+        total=total_memory(land.device),
+        free=devices.free_memory(land.device),
+        fraction=fraction,
+        most=MAX_CHUNK_BYTES,
+    )
+    if budget.capped is not None:
+        log.warning(
+            "only %.3g GiB of %s memory is free: chunks planned for %.3g GiB instead of "
+            "%.3g GiB, so their values may differ in the last bits from a run on a "
+            "freer device",
+            budget.capped["free"] / 2**30,
+            land.device,
+            budget.bytes / 2**30,
+            budget.capped["budget"] / 2**30,
+        )
+        if info is not None:
+            info["memory_capped"] = budget.capped
+    return budget.bytes
 
 
 # Measured sizes, held only as long as the objective lives. A copy made by

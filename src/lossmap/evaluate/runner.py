@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lossmap._checks import choice
 from lossmap.data import batch_size
+from lossmap.devices import Precision
 from lossmap.distributed import dealt_chunk
 from lossmap.evaluate.choice import choose_and_probe, eligible
 from lossmap.evaluate.memory import default_chunk_size, memory_budget, vmap_chunk
@@ -45,6 +47,7 @@ def run(
     memory_fraction: float = 0.25,
     journal: Journal | None = None,
     view: str = "points",
+    precision: str = "float32",
 ) -> EvalResult:
     """Evaluate every point of ``points`` on the chosen data sets.
 
@@ -63,12 +66,13 @@ def run(
             starts, and the strategy and chunk size of the first attempt are reused, so
             a resumed run gives the same values, bit for bit, as an uninterrupted one.
         view: the name of this grid in the journal.
+        precision: a :class:`~lossmap.devices.Precision` (a journal refuses another).
 
     Returns:
         :class:`EvalResult` with non-finite values stored as NaN. Two calls with the
         same arguments return the same values bit for bit: the strategy and the chunks
-        do not depend on timing or on free memory (an out-of-memory error, which
-        halves a chunk and is recorded as ``oom_halvings``, is the one exception).
+        do not depend on timing or free memory (except as ``info`` records it:
+        ``oom_halvings``, ``memory_capped``: free memory short of the chunk budget).
 
     Raises:
         ValueError: an unknown strategy or data set (the message lists the valid ones),
@@ -84,10 +88,11 @@ def run(
     n = len(points)
     if n == 0:
         raise ValueError("no points to evaluate")
+    precision = choice(precision, Precision, "precision").value
     t_start = time.perf_counter()
-    budget = memory_budget(land, memory_fraction)
-    can = eligible(land, points)
-    info: dict[str, Any] = {"n_points": n, "eligible": can}
+    can = eligible(land, points, precision)
+    info: dict[str, Any] = {"n_points": n, "eligible": can, "precision": precision}
+    budget = memory_budget(land, memory_fraction, info)
     streaming = any(not land.datasets[d].in_memory for d in dsets)
     out = np.empty((n, len(dsets) * len(land.stat_names)))
     done_mask = np.zeros(n, dtype=bool)
@@ -103,7 +108,7 @@ def run(
             strategy, chunk_size = str(stored["strategy"]), int(stored["chunk_size"])
             info["reason"] = f"resumed: {stored.get('reason', '')}"
         elif strategy == "auto":
-            strategy, info["reason"], probed = choose_and_probe(land, points, dsets)
+            strategy, info["reason"], probed = choose_and_probe(land, points, dsets, precision)
         elif strategy not in can:
             raise ValueError(
                 f"strategy {strategy!r} cannot run here (eligible: {', '.join(can)}); "
@@ -122,12 +127,10 @@ def run(
             )
             probed = probed if probed is not None and probed.strategy == strategy else None
         # The probe's evaluator keeps the first layer's products it computed on the data.
-        ev = probed if probed is not None else Evaluator(land, points, strategy)
+        ev = probed or Evaluator(land, points, strategy, precision=precision)
         if journal is not None and stored is None:
-            journal.set_meta(
-                f"engine/{view}",
-                {"strategy": strategy, "chunk_size": chunk_size, "reason": info["reason"]},
-            )
+            settings = {"strategy": strategy, "chunk_size": chunk_size, "precision": precision}
+            journal.set_meta(f"engine/{view}", {**settings, "reason": info["reason"]})
         info["strategy"] = strategy
         info["chunk_size"] = chunk_size
         _compute(ev, land, points, dsets, chunk_size, out, done_mask, info, progress, journal, view)
@@ -159,10 +162,17 @@ def _resume(
     journal: Journal, view: str, out: np.ndarray, done_mask: np.ndarray, info: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Start ``view`` in the journal, fill in the rows it holds, and return the first
-    attempt's engine settings (``None`` on a first attempt)."""
+    attempt's engine settings (``None`` on a first attempt); refuse rows evaluated at
+    another precision than ``info["precision"]``."""
     n, width = out.shape
     journal.start(view, n)
     stored = journal.meta(f"engine/{view}")
+    was = info["precision"] if stored is None else stored.get("precision", "float32")
+    if was != info["precision"]:
+        raise ValueError(
+            f"{journal.path}: holds points evaluated at precision {was}, not "
+            f"{info['precision']}; pass --restart"
+        )
     idx_done, rows_done = journal.rows(view, width)
     if len(idx_done) and idx_done.max() >= n:
         raise ValueError(f"{journal.path}: holds points beyond this grid; pass --restart")

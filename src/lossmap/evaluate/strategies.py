@@ -3,7 +3,11 @@
 Each strategy is a small function ``(evaluator, params, idx, batch, cache) -> [P, S]``
 (the per-batch sums of ``[loss, *metrics]`` for the ``P`` points ``idx``), looked up by
 name in :data:`KERNELS`; :class:`Evaluator` holds what a strategy keeps across chunks
-(the first layer's products per batch, buffers).
+(the first layer's products per batch, buffers) and the precision: at ``bfloat16`` or
+``float16`` every call runs under :func:`torch.autocast`, which reaches the model's own
+forward pass (``loop``) alone: under :func:`torch.vmap` autocast leaves parts of a layer
+in float32 (pytorch/pytorch#192617: ``nn.Linear`` adds its bias in float32), and the
+affine strategies run products of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from lossmap.data import Batch, batch_size
+from lossmap.devices import Precision, precision_context
 from lossmap.evaluate import memory
 from lossmap.evaluate.kernels import (
     FLAT_NDIM,
@@ -30,23 +35,36 @@ from lossmap.evaluate.points import PointSet, Span
 from lossmap.evaluate.scratch import Scratch
 from lossmap.objective import Objective
 
-__all__ = ["AFFINE", "KERNELS", "STRATEGIES", "Evaluator"]
+__all__ = ["AFFINE", "KERNELS", "LOW_PRECISION_STRATEGIES", "STRATEGIES", "Evaluator"]
 
 Kernel = Callable[["Evaluator", dict[str, Tensor], np.ndarray, Batch, bool], Tensor]
 
 
 class Evaluator:
-    """Evaluates a chunk of points on one batch with a given strategy.
+    """Evaluates a chunk of points on one batch with a given strategy, at a precision
+    (:class:`~lossmap.devices.Precision`; below float32, ``loop`` only).
 
     Raises:
-        ValueError: an unknown strategy (the message lists the valid ones), or an
-            affine strategy where the model, mode or point set does not allow it.
+        ValueError: an unknown strategy or precision (the message lists the valid
+            ones), an affine strategy where the model, mode or point set does not allow
+            it, a strategy other than ``loop`` below float32, or a precision the device
+            does not support.
     """
 
-    def __init__(self, land: Objective, points: PointSet, strategy: str) -> None:
+    def __init__(
+        self, land: Objective, points: PointSet, strategy: str, *, precision: str = "float32"
+    ) -> None:
         kernel = KERNELS.get(strategy)
         if kernel is None:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(KERNELS)}")
+        dtype = next(iter(land.theta0.values())).dtype
+        self._precision = precision_context(precision, device=land.device, dtype=dtype)
+        self.precision = Precision(precision).value
+        if self.precision != "float32" and strategy not in LOW_PRECISION_STRATEGIES:
+            raise ValueError(
+                f"strategy {strategy!r} cannot run at precision {self.precision!r} (autocast "
+                f"reaches only the model's own forward pass: {', '.join(LOW_PRECISION_STRATEGIES)})"
+            )
         self.land = land
         self.points = points
         self.strategy = strategy
@@ -73,7 +91,8 @@ class Evaluator:
         """Per-batch sums ``[len(idx), S]`` for the points ``idx`` (``params``: their
         stacked parameters, only :attr:`keys`); ``cache``: the batch is held, so what is
         computed from it may be kept for the next chunk."""
-        return self._kernel(self, params, idx, batch, cache)
+        with self._precision():
+            return self._kernel(self, params, idx, batch, cache)
 
     def affine_parts(self, batch: Batch, cache: bool) -> tuple[Tensor, Tensor, Any]:
         """Per batch, the first layer at the origin, along each direction, and the target."""
@@ -236,6 +255,9 @@ KERNELS: dict[str, Kernel] = {
     "affine-vmap": _affine_vmap,
 }
 """The strategies by name (``auto`` is not one: it picks one of these)."""
+
+LOW_PRECISION_STRATEGIES = ("loop",)
+"""The strategies that run below float32 (see the module's docstring)."""
 
 AFFINE = ("affine", "affine-vmap")
 """The strategies that need the affine plan and a span of points."""
