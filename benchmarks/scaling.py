@@ -91,7 +91,7 @@ def job(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     ranks = lm.distributed.init(args.mode, timeout=600) if args.mode != "none" else None
-    land = _landscape(args.problem, args.n, args.width).distribute(ranks)
+    land = _landscape(args.problem, args.samples, args.width).distribute(ranks)
     d1, d2 = lm.directions.random(land, 2, seed=0)
     lm.plane(land, d1, d2, steps=3)  # warm-up
     base = _rss_now()
@@ -106,7 +106,7 @@ def job(args: argparse.Namespace) -> None:
             "problem": args.problem,
             "mode": args.mode,
             "ranks": len(every),
-            "n": args.n,
+            "n": args.samples,
             "width": args.width,
             "points": args.steps**2,
             "parameters": land.num_parameters,
@@ -133,7 +133,7 @@ def measure(
 ) -> dict[str, Any]:
     out = Path(f"/tmp/lossmap-scaling-{os.getpid()}.jsonl")
     out.unlink(missing_ok=True)
-    job_args = [str(Path(__file__).resolve()), "job", "--problem", problem, "--n", str(n)]
+    job_args = [str(Path(__file__).resolve()), "job", "--problem", problem, "--samples", str(n)]
     job_args += ["--width", str(width), "--steps", str(steps), "--mode", mode, "--json", str(out)]
     if mode == "none":
         cmd = [sys.executable, *job_args]
@@ -258,7 +258,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd")
     j = sub.add_parser("job")
     j.add_argument("--problem", required=True)
-    j.add_argument("--n", type=int, required=True)
+    j.add_argument("--samples", type=int, required=True)
     j.add_argument("--width", type=int, required=True)
     j.add_argument("--steps", type=int, required=True)
     j.add_argument("--mode", default="none")
