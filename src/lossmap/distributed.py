@@ -244,8 +244,9 @@ def init(
         dev = torch.device(device) if device is not None else torch.device("cpu")
         if backend is None:
             backend = "nccl" if dev.type == "cuda" else "gloo"
-        if dev.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.type == "cuda":  # this rank's GPU: the one named, else cuda:LOCAL_RANK
+            index = dev.index if dev.index is not None else os.environ.get("LOCAL_RANK", "0")
+            torch.cuda.set_device(int(index))
         limit = datetime.timedelta(seconds=timeout)
         # Each attempt of a job torchrun restarts (--max-restarts) meets under its own
         # prefix: the keys a dead attempt left in a reused store must not be read.

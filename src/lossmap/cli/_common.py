@@ -41,6 +41,8 @@ class Example(str, enum.Enum):
     digits = "digits"
     linear = "linear"
     logistic = "logistic"
+    resnet20 = "resnet20"
+    transformer = "transformer"
 
 
 class Norm(str, enum.Enum):

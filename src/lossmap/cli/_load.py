@@ -29,12 +29,14 @@ def _device(spec: str) -> str | None:
 
 
 def _example(name: Example) -> Any:
-    from lossmap import examples
+    from lossmap import examples, zoo
 
     makers: dict[Example, Callable[[], Any]] = {
         Example.digits: examples.digits_mlp,
         Example.linear: examples.linear_regression,
         Example.logistic: examples.logistic_regression,
+        Example.resnet20: zoo.resnet20,
+        Example.transformer: zoo.transformer_lm,
     }
     return makers[name]()
 
