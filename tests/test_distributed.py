@@ -25,7 +25,7 @@ from lossmap.data import DataSet, batch_size, slice_batch
 
 JOB = Path(__file__).with_name("torchrun_job.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-KEYS = ("loss", "test_loss", "acc", "eig", "trace", "value", "grad")
+KEYS = ("loss", "test_loss", "acc", "eig", "trace", "value", "grad", "mb_grad")
 
 
 # ----------------------------------------------------------------- shares

@@ -86,6 +86,8 @@ def main() -> None:
     eig = lm.hessian.eigenvalues(land, k=5, tol=1e-10, seed=3)
     tr = lm.hessian.trace(land, method="hutch++", matvecs=30, seed=4)
     value, grad = land.value_and_grad()
+    x, y = land.dataset("train").batches[0] if not a.streamed else next(iter(land.dataset("train")))
+    _, mb = land.value_and_grad(batches=[(x[:37], y[:37])])  # a minibatch, shared too
     if ranks is None or ranks.main:
         np.savez(
             a.out,
@@ -96,6 +98,7 @@ def main() -> None:
             trace=np.asarray([tr.value, tr.stderr]),
             value=np.asarray([value]),
             grad=torch.cat([t.reshape(-1) for t in grad.values()]).numpy(),
+            mb_grad=torch.cat([t.reshape(-1) for t in mb.values()]).numpy(),
             strategy=np.asarray(surf.meta["engine"]["strategy"]),
         )
     # every rank also writes its own eigenvalues: lockstep means all ranks agree

@@ -24,8 +24,8 @@ products (Lanczos, power iteration, Hutchinson and Hutch++, spectral density, sh
 ascent, gradient descent) run in lockstep on every rank: the same seeds and the same
 reduced products (an all-reduce hands every rank the same bytes) give every rank the
 same iterates, with no broadcast. Anything that loops over data outside the derivative
-core and the engine (BatchNorm statistics of a path, a curve fit's minibatches) runs
-whole on every rank: correct, only not shared.
+core and the engine (BatchNorm statistics of a path) runs whole on every rank:
+correct, only not shared.
 
 A rank that dies makes the others' next collective fail (the gloo and NCCL backends
 notice a closed connection) or time out after the process group's ``timeout``: the

@@ -484,6 +484,8 @@ class Objective:
             ds = list(batches)
             weights = self._count(ds)[0] if weighted and ds else None
             total = sum(batch_size(b) for b in ds) if weights is None else float(weights[0])
+            if self.ranks is not None:  # the given batches, shared like a data set
+                ds = list(DataSet("batches", ds).share(self.ranks.rank, self.ranks.world))
         if total == 0:
             raise ValueError("the data set is empty: no samples to take a gradient over")
         with self.mode(), torch.enable_grad():
@@ -521,10 +523,10 @@ class Objective:
         The sum of :meth:`gradients` over the batches, in order; the value is summed
         in double precision. ``reduce`` (e.g. an all-reduce over processes that each
         hold a share of the batches) receives ``[value, *gradient]`` as tensors and
-        returns their sums; it is the one place where several processes meet. Over the
-        data set (no ``batches``) of an objective shared by ranks (:attr:`ranks`), each
-        process takes its share and ``reduce`` defaults to their all-reduce; given
-        ``batches`` are the caller's, whole on every rank, and not reduced.
+        returns their sums; it is the one place where several processes meet. For an
+        objective shared by ranks (:attr:`ranks`), each process takes its share of the
+        data set (or of the ``batches`` given, the same on every rank) and ``reduce``
+        defaults to their all-reduce.
 
         >>> import torch
         >>> from torch import nn
@@ -542,7 +544,7 @@ class Objective:
         ):
             value += float(term.detach())
             grad = g if grad is None else {k: grad[k] + g[k] for k in grad}
-        shared = self.ranks is not None and batches is None
+        shared = self.ranks is not None
         if grad is None and shared:  # this rank's share is empty; the others' are not
             grad = {k: torch.zeros_like(t) for k, t in self._params0.items()}
         if grad is None:
