@@ -235,7 +235,9 @@ class DataSet:
     size: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     totals: Tensor | None = None
-    _shares: dict[tuple[int, int], list[Batch]] = field(default_factory=dict, repr=False)
+    _shares: dict[tuple[int, int, int | None], list[Batch]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def in_memory(self) -> bool:
@@ -255,25 +257,28 @@ class DataSet:
         for b in self.loader:
             yield to_device(b, self.device)
 
-    def share(self, rank: int, world: int) -> Iterable[Batch]:
+    def share(self, rank: int = 0, world: int = 1, *, most: int | None = None) -> Iterable[Batch]:
         """The batches of rank ``rank`` out of ``world`` (see :mod:`lossmap.distributed`):
         held data, the samples of :func:`~lossmap.distributed.share_range` cut out of
-        the held batches (views, made once: the engine caches work per batch object);
-        a streamed loader, every ``world``-th batch from the ``rank``-th (the loader must
-        yield the same batches in the same order on every rank: no shuffling)."""
-        if world == 1:
+        the held batches (views, made once: the engine caches work per batch object),
+        each cut again into pieces of at most ``most`` samples if given; a streamed
+        loader, every ``world``-th batch from the ``rank``-th (the loader must yield the
+        same batches in the same order on every rank: no shuffling; never cut)."""
+        if world == 1 and most is None:
             return self
         if self.batches is None:
             return self._dealt(rank, world)
-        key = (rank, world)
+        key = (rank, world, most)
         if key not in self._shares:
             lo, hi = share_range(self.count(), rank, world)
             cut, at = [], 0
             for b in self.batches:
                 n = batch_size(b)
                 a, z = max(lo - at, 0), min(hi - at, n)
-                if a < z:
-                    cut.append(b if (a, z) == (0, n) else slice_batch(b, a, z))
+                step = max(1, z - a if most is None else most)
+                for s in range(a, z, step):
+                    e = min(s + step, z)
+                    cut.append(b if (s, e) == (0, n) else slice_batch(b, s, e))
                 at += n
             self._shares[key] = cut
         return self._shares[key]

@@ -23,7 +23,7 @@ from lossmap.data import batch_size
 from lossmap.devices import Precision
 from lossmap.distributed import dealt_chunk
 from lossmap.evaluate.choice import choose_and_probe, eligible
-from lossmap.evaluate.memory import default_chunk_size, memory_budget, vmap_chunk
+from lossmap.evaluate.memory import default_chunk_size, memory_budget, piece_samples, vmap_chunk
 from lossmap.evaluate.points import EvalResult, PointSet, Progress, chunks
 from lossmap.evaluate.strategies import STRATEGIES, Evaluator
 from lossmap.objective import Objective
@@ -273,7 +273,8 @@ def _passes(
         totals = land.weight_totals(name)
         acc = torch.zeros(len(idx), len(land.stat_names), dtype=torch.float64, device=land.device)
         count = 0
-        for b in ds if ranks is None else ds.share(ranks.rank, ranks.world):
+        rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+        for b in ds.share(rank, world, most=piece_samples(land, name)):
             part = ev(params, idx, b, cache and ds.in_memory).double()
             acc = part if count == 0 else acc + part
             count += batch_size(b)
