@@ -27,7 +27,9 @@ their difference is what the plane itself held. Sections:
    a 5 × 5 plane.
 
 Writes a markdown table per section and ``scaling.png`` (time and memory against each
-axis) next to ``--out``. The machine is shared: each section reports the load average.
+axis) next to ``--out``, and ``scaling.json`` (every record): ``--sections ranks,data``
+measures those again and keeps the others from the JSON. The machine is shared: each
+section reports the load average and when (and by which command) it was measured.
 """
 
 from __future__ import annotations
@@ -266,46 +268,62 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=HERE / "results" / "scaling.md")
+    p.add_argument("--sections", default="ranks,grid,data,model")
     a = p.parse_args()
     if a.cmd == "job":
         job(a)
         return
     quick = a.quick
-    lines = ["# Scaling: time and memory of a plane", "", f"`{' '.join(sys.argv)}`", ""]
-    sections: dict[str, Any] = {}
-    lines += ["## 1. Ranks (torchrun, gloo)", ""]
-    ranks_lines, sections["ranks"] = section_ranks(128 if quick else 512, 1 if quick else a.repeats)
-    lines += ranks_lines
-    grid = [11, 21] if quick else [11, 21, 31, 41, 51]
-    recs = [measure("resnet", n=256, width=8, steps=s) for s in grid]
-    part, sections["grid"] = section_axis(
-        "## 2. Grid\n\nSmall ResNet (width 8, 1 block per stage) on 256 images",
-        "points",
-        recs,
-        "points",
-    )
-    lines += ["", *part]
-    sizes = [256, 1024] if quick else [256, 512, 1024, 2048, 4096]
-    recs = [measure("resnet", n=n, width=8, steps=11) for n in sizes]
-    part, sections["data"] = section_axis(
-        "## 3. Data\n\nThe same model, an 11 × 11 plane", "samples", recs, "n"
-    )
-    lines += ["", *part]
-    widths = [64, 256] if quick else [64, 256, 1024, 2048]
-    recs = [measure("mlp", n=1024, width=w, steps=5) for w in widths]
-    part, sections["model"] = section_axis(
-        "## 4. Model\n\nMLP 1024-w-w-10 on 1,024 samples, a 5 × 5 plane",
-        "parameters",
-        recs,
-        "parameters",
-    )
-    lines += ["", *part]
+    store = a.out.with_suffix(".json")
+    wanted = a.sections.split(",")
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    # Sections not measured now are kept from the last run (scaling.json beside --out).
+    saved: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    stamp = f"measured {time.strftime('%Y-%m-%d %H:%M')} by `{' '.join(sys.argv)}`"
+    for name in wanted:
+        part, data = SECTIONS[name](quick, a.repeats)
+        saved[name] = {"lines": [*part, "", f"_{stamp}._"], "data": data}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    figure(sections, a.out.with_suffix(".png"))
-    lines += ["", f"![scaling]({a.out.with_suffix('.png').name})", ""]
+    store.write_text(json.dumps(saved, indent=1) + "\n")
+    lines = ["# Scaling: time and memory of a plane", ""]
+    for name in SECTIONS:
+        if name in saved:
+            lines += [*saved[name]["lines"], ""]
+    if all(name in saved for name in SECTIONS):
+        figure({k: v["data"] for k, v in saved.items()}, a.out.with_suffix(".png"))
+        lines += [f"![scaling]({a.out.with_suffix('.png').name})", ""]
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+
+def _ranks(quick: bool, repeats: int) -> tuple[list[str], Any]:
+    part, data = section_ranks(128 if quick else 512, 1 if quick else repeats)
+    return ["## 1. Ranks (torchrun, gloo)", "", *part], data
+
+
+def _grid(quick: bool, repeats: int) -> tuple[list[str], Any]:
+    grid = [11, 21] if quick else [11, 21, 31, 41, 51]
+    recs = [measure("resnet", n=256, width=8, steps=s) for s in grid]
+    title = "## 2. Grid\n\nSmall ResNet (width 8, 1 block per stage) on 256 images"
+    return section_axis(title, "points", recs, "points")
+
+
+def _data(quick: bool, repeats: int) -> tuple[list[str], Any]:
+    sizes = [256, 1024] if quick else [256, 512, 1024, 2048, 4096]
+    recs = [measure("resnet", n=n, width=8, steps=11) for n in sizes]
+    return section_axis("## 3. Data\n\nThe same model, an 11 × 11 plane", "samples", recs, "n")
+
+
+def _model(quick: bool, repeats: int) -> tuple[list[str], Any]:
+    widths = [64, 256] if quick else [64, 256, 1024, 2048]
+    recs = [measure("mlp", n=1024, width=w, steps=5) for w in widths]
+    title = "## 4. Model\n\nMLP 1024-w-w-10 on 1,024 samples, a 5 × 5 plane"
+    return section_axis(title, "parameters", recs, "parameters")
+
+
+SECTIONS = {"ranks": _ranks, "grid": _grid, "data": _data, "model": _model}
 
 if __name__ == "__main__":
     main()
