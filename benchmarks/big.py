@@ -61,6 +61,14 @@ def analyse(name: str, build: Any, steps: int, eig: bool, lines: list[str]) -> N
         f"peak memory {_peak_gib():.2f} GiB.",
     ]
     print(lines[-1], flush=True)
+    if steps:
+        _plane(land, steps, lines)
+    if eig:
+        _curvature(land, lines)
+    lines += ["", f"Load average after: {_load()}.", ""]
+
+
+def _plane(land: Any, steps: int, lines: list[str]) -> None:
     d1, d2 = lm.directions.random(land, 2, seed=0)
     t0 = time.perf_counter()
     surf = lm.plane(land, d1, d2, steps=steps, datasets=["train"])
@@ -90,27 +98,28 @@ def analyse(name: str, build: Any, steps: int, eig: bool, lines: list[str]) -> N
             f"{_peak_gib():.2f} GiB."
         )
         print(lines[-1], flush=True)
-    if eig:
-        op = lm.hessian.HessianOperator(land)
-        t0 = time.perf_counter()
-        res = lm.hessian.eigenvalues(op, k=5, tol=1e-3)
-        secs = time.perf_counter() - t0
-        vals = ", ".join(f"{v:.4g}" for v in res.values)
-        lines.append(
-            f"- **Top-5 eigenvalues** (Lanczos, tol 1e-3): {vals}; {op.matvecs} products in "
-            f"{secs:.1f} s ({1000 * op.seconds / max(op.matvecs, 1):.0f} ms each); gradient "
-            f"graph {'kept' if op.reuse_graph else 'rebuilt per product (too big to keep)'}; "
-            f"peak memory {_peak_gib():.2f} GiB."
-        )
-        print(lines[-1], flush=True)
-        t0 = time.perf_counter()
-        tr = lm.hessian.trace(land, method="hutch++", matvecs=30)
-        lines.append(
-            f"- **Trace** (Hutch++, 30 products): {tr.value:.4g} ± {tr.stderr:.2g} in "
-            f"{time.perf_counter() - t0:.1f} s; peak memory {_peak_gib():.2f} GiB."
-        )
-        print(lines[-1], flush=True)
-    lines += ["", f"Load average after: {_load()}.", ""]
+
+
+def _curvature(land: Any, lines: list[str]) -> None:
+    op = lm.hessian.HessianOperator(land)
+    t0 = time.perf_counter()
+    res = lm.hessian.eigenvalues(op, k=5, tol=1e-3)
+    secs = time.perf_counter() - t0
+    vals = ", ".join(f"{v:.4g}" for v in res.values)
+    lines.append(
+        f"- **Top-5 eigenvalues** (Lanczos, tol 1e-3): {vals}; {op.matvecs} products in "
+        f"{secs:.1f} s ({1000 * op.seconds / max(op.matvecs, 1):.0f} ms each); gradient "
+        f"graph {'kept' if op.reuse_graph else 'rebuilt per product (too big to keep)'}; "
+        f"peak memory {_peak_gib():.2f} GiB."
+    )
+    print(lines[-1], flush=True)
+    t0 = time.perf_counter()
+    tr = lm.hessian.trace(land, method="hutch++", matvecs=30)
+    lines.append(
+        f"- **Trace** (Hutch++, 30 products): {tr.value:.4g} ± {tr.stderr:.2g} in "
+        f"{time.perf_counter() - t0:.1f} s; peak memory {_peak_gib():.2f} GiB."
+    )
+    print(lines[-1], flush=True)
 
 
 def main() -> None:
@@ -118,7 +127,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "big.md")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", choices=["resnet", "transformer"])
-    p.add_argument("--steps", type=int, default=21)
+    p.add_argument("--steps", type=int, default=21, help="points per axis; 0: no plane")
     p.add_argument("--no-curvature", action="store_true")
     p.add_argument("--resnet-n", type=int, default=1250)
     p.add_argument("--resnet-train-steps", type=int, default=40)
