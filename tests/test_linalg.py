@@ -265,3 +265,23 @@ def test_linalg_imports_nothing_from_lossmap_but_checks() -> None:
                     assert top in allowed_third_party or top in sys.stdlib_module_names, (
                         f"{path.name} imports {name}"
                     )
+
+
+def test_lanczos_holds_the_basis_it_uses_not_max_iter_rows() -> None:
+    """An 11.5 M-parameter model needed 26 GiB for a preallocated 301-row basis; the
+    basis now grows with the steps taken (numpy's allocations, seen by tracemalloc)."""
+    import tracemalloc
+
+    from lossmap.linalg import lanczos
+
+    n = 200_000
+    d = np.linspace(0.0, 1.0, n)
+    d[-1] = 10.0  # a well-separated top eigenvalue: a few steps
+    tracemalloc.start()
+    try:
+        vals, _, _, steps, ok = lanczos(lambda x: d * x, n, k=1, tol=1e-8, max_iter=300)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ok and abs(vals[0] - 10.0) < 1e-6 and steps < 32
+    assert peak < 80 * n * 8  # 301 rows would be 301 * n * 8 bytes

@@ -93,6 +93,10 @@ def _error_bound(theta: np.ndarray, s: np.ndarray, b: float, sel: np.ndarray) ->
     return r if m == 1 else np.minimum(r, r**2 / np.maximum(gaps, 1e-300))
 
 
+FIRST_BASIS_ROWS = 32
+"""Rows of the Lanczos basis allocated at the start; it doubles when full."""
+
+
 @single_blas_thread
 def lanczos(
     matvec: MatVec,
@@ -142,7 +146,9 @@ def lanczos(
     rng = np.random.default_rng(seed)
     q = rng.standard_normal(n) if v0 is None else np.asarray(v0, dtype=np.float64).copy()
     q /= np.linalg.norm(q)
-    Q = np.empty((max_iter + 1, n))
+    # The basis grows as the steps go (doubling): a preallocated [max_iter + 1, n] would
+    # be 26 GiB for an 11.5 M-parameter model at the default 300 steps, used or not.
+    Q = np.empty((min(max_iter + 1, FIRST_BASIS_ROWS), n))
     Q[0] = q
     alpha: list[float] = []
     beta: list[float] = []
@@ -174,6 +180,8 @@ def lanczos(
         if invariant:
             break
         beta.append(b)
+        if j + 1 == len(Q):
+            Q = np.concatenate([Q, np.empty((min(len(Q), max_iter + 1 - len(Q)), n))])
         Q[j + 1] = w / b
     sel = _select(theta, min(k, m), which)
     vecs = Q[:m].T @ s[:, sel]
