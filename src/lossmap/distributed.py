@@ -39,7 +39,6 @@ import atexit
 import datetime
 import functools
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -188,7 +187,7 @@ class Ranks:
     def check_same(self, what: str, value: object) -> None:
         """Raise ValueError (the same on every rank) unless every rank holds the same
         ``value``: e.g. a hash of θ0, which a model initialised without a seed breaks."""
-        values = self.all_gather(pickle.dumps(value))
+        values = self.all_gather(value)
         odd = [r for r, v in enumerate(values) if v != values[0]]
         if odd:
             raise ValueError(

@@ -267,13 +267,13 @@ def _passes(
     counts are all-reduced."""
     params = points.stacked(idx, ev.keys)
     ranks = land.ranks if land.ranks is not None and land.ranks.mode == "data" else None
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     cols = []
     for name in dsets:
         ds = land.datasets[name]
         totals = land.weight_totals(name)
         acc = torch.zeros(len(idx), len(land.stat_names), dtype=torch.float64, device=land.device)
         count = 0
-        rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
         for b in ds.share(rank, world, most=piece_samples(land, name)):
             part = ev(params, idx, b, cache and ds.in_memory).double()
             acc = part if count == 0 else acc + part
