@@ -29,6 +29,7 @@ is shared: the load average is printed with each model.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import sys
@@ -143,24 +144,24 @@ def main() -> None:
         "",
     ]
     eig = not (a.quick or a.no_curvature)
-    if a.only in (None, "resnet"):
-        n = 200 if a.quick else a.resnet_n
-        analyse(
-            f"ResNet-20 on {n:,} CIFAR-shaped images (80 % train)",
-            lambda: zoo.resnet20(n, train_steps=2 if a.quick else a.resnet_train_steps),
-            steps,
-            eig,
-            lines,
-        )
-    if a.only in (None, "transformer"):
-        n = 10 if a.quick else a.lm_sequences
-        analyse(
-            f"Transformer LM on {n} sequences of up to 128 tokens (80 % train)",
-            lambda: zoo.transformer_lm(n, train_steps=2 if a.quick else a.lm_train_steps),
-            steps,
-            eig,
-            lines,
-        )
+    models = {
+        "resnet": (
+            200 if a.quick else a.resnet_n,
+            "ResNet-20 on {n:,} CIFAR-shaped images (80 % train)",
+            zoo.resnet20,
+            a.resnet_train_steps,
+        ),
+        "transformer": (
+            10 if a.quick else a.lm_sequences,
+            "Transformer LM on {n} sequences of up to 128 tokens (80 % train)",
+            zoo.transformer_lm,
+            a.lm_train_steps,
+        ),
+    }
+    for name, (n, title, make, train_steps) in models.items():
+        if a.only in (None, name):
+            build = functools.partial(make, n, train_steps=2 if a.quick else train_steps)
+            analyse(title.format(n=n), build, steps, eig, lines)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
