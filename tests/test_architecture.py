@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lossmap.directions",),
     ("lossmap.slices", "lossmap.sharpness"),
     ("lossmap.trajectory", "lossmap.connect"),
-    ("lossmap.plot",),
+    ("lossmap.plot", "lossmap.track"),
     ("lossmap",),  # the package's __init__: the public API, re-exported
     ("lossmap.cli",),  # the command uses the public API
     ("lossmap.__main__",),

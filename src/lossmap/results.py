@@ -5,7 +5,8 @@
 are keyed ``"<data set>/<statistic>"``; the bare statistic (``"loss"``) means the
 first data set. Non-finite values are stored as NaN.
 
-Files: HDF5 (``save`` / :func:`load`), a tidy CSV (``alpha,beta,loss,...``), NPZ.
+Files: HDF5 (``save`` / :func:`load`), a tidy CSV (``alpha,beta,loss,...``), NPZ,
+VTK for ParaView (``to_vtk``, through ``meshio``).
 """
 
 from __future__ import annotations
@@ -151,6 +152,51 @@ class Result:
                 w.writerow(["nan" if not np.isfinite(x) else repr(float(x)) for x in row])
         return path
 
+    def to_vtk(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result as a VTK mesh that ParaView opens (through ``meshio``).
+
+        A :class:`Surface` becomes the quad mesh of its grid, point ``(i, j)`` at
+        ``(alpha[i], beta[j], loss[i, j])`` (the first data set's loss as height, so
+        the file shows the landscape as it is drawn); a :class:`Curve` the polyline
+        ``(alpha[i], loss[i], 0)``. Every value is a point-data field under its
+        ``"<data set>/<statistic>"`` key, plus ``log_loss`` = ``log10(loss)`` (NaN
+        where the loss is not positive). Points are numbered ``i * len(beta) + j``
+        (``indexing="ij"``, as :meth:`to_csv` writes its rows). A non-finite loss is
+        a NaN height.
+
+        The format follows the suffix: ``.vtk`` (legacy VTK, binary) or ``.vtu``
+        (VTK XML unstructured grid); ParaView reads both. Written atomically.
+
+        Raises:
+            ValueError: another suffix, or a result with more than two axes.
+        """
+        import meshio
+
+        path = Path(path)
+        if path.suffix.lower() not in (".vtk", ".vtu"):
+            raise ValueError(
+                f"{path.name}: a VTK file needs the suffix .vtk (legacy) or .vtu (XML)"
+            )
+        loss = self[self.key("loss")] if "loss" in self else next(iter(self.values.values()))
+        grids = np.meshgrid(*self.coords.values(), indexing="ij")
+        if len(grids) == 2:
+            points = np.stack([grids[0].ravel(), grids[1].ravel(), loss.ravel()], axis=1)
+            cells = [("quad", _grid_quads(*self.shape))]
+        elif len(grids) == 1:
+            n = self.shape[0]
+            points = np.stack([grids[0], loss, np.zeros(n)], axis=1)
+            cells = [("line", np.stack([np.arange(n - 1), np.arange(1, n)], axis=1))]
+        else:
+            raise ValueError(f"to_vtk writes curves and surfaces, not {len(grids)}-D grids")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_loss = np.where(loss > 0, np.log10(np.where(loss > 0, loss, 1.0)), np.nan)
+        fields = {k: v.ravel() for k, v in self.values.items()}
+        fields["log_loss"] = log_loss.ravel()
+        mesh = meshio.Mesh(points, cells, point_data=fields)
+        with atomic_path(path) as tmp:
+            meshio.write(tmp, mesh)
+        return path
+
     def summary(self, name: str = "loss") -> dict[str, Any]:
         """Value at θ0 (when θ0 is a grid point), min/max and where, non-finite count."""
         v = self[name]
@@ -201,6 +247,19 @@ class Surface(Result):
     @property
     def beta(self) -> np.ndarray:
         return self.coords["beta"]
+
+
+def _grid_quads(n_alpha: int, n_beta: int) -> np.ndarray:
+    """The quads ``[(n_alpha-1)(n_beta-1), 4]`` of a grid whose point ``(i, j)`` is
+    number ``i * n_beta + j``, each counter-clockwise in the (alpha, beta) plane.
+
+    >>> _grid_quads(2, 3).tolist()
+    [[0, 3, 4, 1], [1, 4, 5, 2]]
+    """
+    idx = np.arange(n_alpha * n_beta).reshape(n_alpha, n_beta)
+    a, b = idx[:-1, :-1], idx[1:, :-1]
+    quads = np.stack([a, b, idx[1:, 1:], idx[:-1, 1:]], axis=-1)
+    return quads.reshape(-1, 4).astype(np.int64)
 
 
 def broaden(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:

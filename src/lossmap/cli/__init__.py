@@ -30,6 +30,7 @@ from lossmap.distributed import RankFailure
 # isort: off
 from lossmap.cli import slices, connect, trajectory, sharpness, hessian  # noqa: F401
 from lossmap.cli import plot, demo, runs  # noqa: F401
+from lossmap.cli import export  # noqa: F401
 
 # isort: on
 
