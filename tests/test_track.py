@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -285,3 +289,81 @@ def test_import_lossmap_imports_no_optional_framework() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the README's snippets
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_blocks() -> list[str]:
+    """The Python blocks of the README's "Sharpness during training" section, in order."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Sharpness during training\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+
+
+def _fresh_lambda_max(land: lm.Landscape) -> float:
+    """λ_max from a random start at a tight tolerance: the reference."""
+    return float(lm.hessian.eigenvalues(land, 1, tol=1e-10, seed=1).values[0])
+
+
+@pytest.fixture(scope="module")
+def readme(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The plain-loop block, run once in a fresh folder: its namespace."""
+    blocks = _readme_blocks()
+    assert len(blocks) == 3
+    folder = tmp_path_factory.mktemp("readme")
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(blocks[0], "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    return {"folder": folder, "namespace": namespace, "blocks": blocks}
+
+
+def _run_block(readme: dict[str, Any], i: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.chdir(readme["folder"])
+    namespace = dict(readme["namespace"])
+    exec(compile(readme["blocks"][i], "README.md", "exec"), namespace)
+    return namespace
+
+
+def _check_series(namespace: dict[str, Any], final: nn.Module, readme: dict[str, Any]) -> None:
+    history = namespace["tracker"].history
+    assert history["step"] == [0, 10, 20, 30]
+    # step 0 is the same initialisation (make_mlp, seed 0) on the same data in every block
+    assert history["lambda_max"][0] == readme["namespace"]["tracker"].history["lambda_max"][0]
+    reference = _fresh_lambda_max(namespace["land_fn"](final))
+    assert history["lambda_max"][-1] == pytest.approx(reference, rel=1e-4)
+    assert history["lambda_max"][-1] != history["lambda_max"][0]
+
+
+def test_readme_plain_loop(readme: dict[str, Any]) -> None:
+    ns = readme["namespace"]
+    _check_series(ns, ns["model"], readme)
+    assert ns["tracker"].history["loss"][-1] < ns["tracker"].history["loss"][0]
+    out = readme["folder"] / "runs" / "track"
+    assert (out / "history.csv").is_file() and (out / "track.png").is_file()
+
+
+def test_readme_lightning_callback(readme: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pytorch_lightning", reason="the lightning extra is not installed")
+    with warnings.catch_warnings():
+        # pytorch_lightning 2.6 calls an isinstance check that torch 2.13 deprecates
+        warnings.filterwarnings(
+            "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+        )
+        ns = _run_block(readme, 1, monkeypatch)
+    _check_series(ns, ns["module"].net, readme)
+    assert (readme["folder"] / "runs" / "track-pl" / "track.png").is_file()  # on_train_end
+
+
+def test_readme_trainer_callback(readme: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers", reason="the transformers extra is not installed")
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    ns = _run_block(readme, 2, monkeypatch)
+    _check_series(ns, ns["hf_model"].net, readme)
+    assert (readme["folder"] / "runs" / "track-hf" / "history.csv").is_file()
