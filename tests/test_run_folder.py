@@ -17,8 +17,8 @@ from lossmap.cli._common import CURRENT_RUN
 from lossmap.cli._run import RunFolder
 
 # Commands that write no run folder: they read one (status, rerun: which repeats a
-# command that does) or re-draw figures next to a result (plot).
-NOT_RUN_FOLDERS = {"plot", "status", "rerun"}
+# command that does), re-draw figures next to a result (plot) or convert one (export).
+NOT_RUN_FOLDERS = {"plot", "status", "rerun", "export"}
 
 
 def _checkpoints(tmp_path: Path, n: int) -> list[str]:

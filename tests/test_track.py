@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 import lossmap as lm
 from lossmap.store import JournalMismatch
-from lossmap.trajectory import gradient_descent
 from lossmap.track import Tracker
+from lossmap.trajectory import gradient_descent
 
 
 class HalfSquaredError(nn.Module):
@@ -252,12 +252,20 @@ def test_figure_draws_the_two_over_lr_line_and_tensorboard_gets_the_scalars(
     ("kwargs", "error", "match"),
     [
         ({"every": 0}, ValueError, "every must be a positive integer"),
-        ({"measures": ("lambda_max", "sharpest")}, ValueError, "unknown measure 'sharpest'; choose"),
+        (
+            {"measures": ("lambda_max", "sharpest")},
+            ValueError,
+            "unknown measure 'sharpest'; choose",
+        ),
         ({"measures": ()}, ValueError, "measures is empty"),
         ({"measures": [1]}, TypeError, "tuple of names"),
         ({"lr": -1.0}, ValueError, "lr must be a positive number"),
         ({"options": {"trace": {}}}, ValueError, "options for 'trace', which is not among"),
-        ({"options": {"lambda_max": {"tolerance": 1}}}, TypeError, "no option 'tolerance'; it takes max_iter, tol, warm_start"),
+        (
+            {"options": {"lambda_max": {"tolerance": 1}}},
+            TypeError,
+            "no option 'tolerance'; it takes max_iter, tol, warm_start",
+        ),
         ({"measures": ("sharpness.adaptive",)}, ValueError, "sharpness.adaptive needs rho"),
         ({"tensorboard": True}, ValueError, "give out= too"),
         ({"tensorboard": "yes"}, TypeError, "SummaryWriter"),

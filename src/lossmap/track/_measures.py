@@ -127,7 +127,9 @@ def check_measures(
     if isinstance(measures, str):
         measures = (measures,)
     if not isinstance(measures, list | tuple) or not all(isinstance(m, str) for m in measures):
-        raise TypeError(f"measures must be a tuple of names such as ('lambda_max',), got {measures!r}")
+        raise TypeError(
+            f"measures must be a tuple of names such as ('lambda_max',), got {measures!r}"
+        )
     names = tuple(measures)
     if not names:
         raise ValueError(f"measures is empty; choose from {', '.join(MEASURES)}")

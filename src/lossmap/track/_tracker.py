@@ -95,7 +95,8 @@ class Tracker:
     ...     _ = tracker.step(model, t)  # a training step would go here
     >>> tracker.history["step"]
     [0, 2, 4]
-    >>> H = 2 * X.T @ X / 32   # the Hessian of the mean squared error in the weights
+    >>> A = torch.cat([X, torch.ones(32, 1)], dim=1)  # the weights' inputs, and the bias's
+    >>> H = 2 * A.T @ A / 32  # the Hessian of the mean squared error
     >>> bool(abs(tracker.history["lambda_max"][0] - torch.linalg.eigvalsh(H)[-1]) < 1e-3)
     True
     """
@@ -218,7 +219,7 @@ class Tracker:
         held = journal.get(f"track/{step}/params")
         if held is None or held.tobytes().decode() != digest:
             raise ValueError(
-                f"the model at step {step} is not the one {self.out / JOURNAL} measured at "
+                f"the model at step {step} is not the one {journal.path} measured at "
                 "that step: this training differs from the journaled one (other data, seed "
                 "or nondeterministic kernels); pass restart=True or choose another out"
             )
@@ -244,7 +245,9 @@ class Tracker:
         for m, v in values.items():
             writer.add_scalar(f"lossmap/{m}", v, step)
         if self.lr is not None and "lambda_max" in values:
-            writer.add_scalar("lossmap/lambda_max_over_2_by_lr", values["lambda_max"] * self.lr / 2, step)
+            writer.add_scalar(
+                "lossmap/lambda_max_over_2_by_lr", values["lambda_max"] * self.lr / 2, step
+            )
 
     @property
     def writer(self) -> Any:
@@ -278,7 +281,9 @@ class Tracker:
         for ax, m in zip(axes, self.measures, strict=True):
             ax.plot(steps, self.history[m], marker=".", label=m)
             if m == "lambda_max" and self.threshold is not None:
-                ax.axhline(self.threshold, color="k", ls="--", lw=1, label=f"2/η = {self.threshold:.3g}")
+                ax.axhline(
+                    self.threshold, color="k", ls="--", lw=1, label=f"2/η = {self.threshold:.3g}"
+                )
                 ax.legend(loc="best", fontsize="small")
             ax.set_ylabel(m.replace("lambda_max", "λ_max"))
             ax.grid(alpha=0.3)

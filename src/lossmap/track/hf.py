@@ -40,7 +40,9 @@ class LossmapTrainerCallback(TrainerCallback):  # type: ignore[misc]
 
     def __init__(self, tracker: Tracker, *, at_start: bool = True) -> None:
         if not isinstance(tracker, Tracker):
-            raise TypeError(f"tracker must be a lossmap.track.Tracker, got {type(tracker).__name__}")
+            raise TypeError(
+                f"tracker must be a lossmap.track.Tracker, got {type(tracker).__name__}"
+            )
         self.tracker = tracker
         self.at_start = at_start
 

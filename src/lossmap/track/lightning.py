@@ -41,7 +41,9 @@ class LossmapCallback(pl.Callback):
 
     def __init__(self, tracker: Tracker, *, at_start: bool = True) -> None:
         if not isinstance(tracker, Tracker):
-            raise TypeError(f"tracker must be a lossmap.track.Tracker, got {type(tracker).__name__}")
+            raise TypeError(
+                f"tracker must be a lossmap.track.Tracker, got {type(tracker).__name__}"
+            )
         self.tracker = tracker
         self.at_start = at_start
 
