@@ -375,3 +375,22 @@ def test_readme_trainer_callback(readme: dict[str, Any], monkeypatch: pytest.Mon
     ns = _run_block(readme, 2, monkeypatch)
     _check_series(ns, ns["hf_model"].net, readme)
     assert (readme["folder"] / "runs" / "track-hf" / "history.csv").is_file()
+
+
+def test_the_callbacks_refuse_several_processes() -> None:
+    """A landscape built inside a process group would wait for the collectives of ranks
+    that do not measure: refused at the start, in one line."""
+    from types import SimpleNamespace
+
+    tracker = Tracker(lambda m: m, every=1)  # type: ignore[arg-type, return-value]
+    pytest.importorskip("pytorch_lightning", reason="the lightning extra is not installed")
+    from lossmap.track.lightning import LossmapCallback
+
+    with pytest.raises(RuntimeError, match="does not support training on 2 processes"):
+        LossmapCallback(tracker).on_train_start(SimpleNamespace(world_size=2), None)  # type: ignore[arg-type]
+    pytest.importorskip("transformers", reason="the transformers extra is not installed")
+    from lossmap.track.hf import LossmapTrainerCallback
+
+    with pytest.raises(RuntimeError, match="does not support training on 4 processes"):
+        LossmapTrainerCallback(tracker).on_train_begin(SimpleNamespace(world_size=4), None, None)  # type: ignore[arg-type]
+    assert tracker.history["step"] == []

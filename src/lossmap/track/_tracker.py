@@ -80,7 +80,8 @@ class Tracker:
             ``{"lambda_max": {"tol": 1e-3}, "sharpness.average": {"sigma": 0.05}}``.
         tensorboard: ``True`` (a ``SummaryWriter`` in ``out/tensorboard``), a
             ``SummaryWriter`` of your own, or ``False``: scalars ``lossmap/<measure>``
-            at each measurement and the figure at :meth:`save`.
+            at each measurement (and ``lossmap/lambda_max_over_threshold``,
+            λ_max/(2/η), when ``lr`` is given) and the figure at :meth:`save`.
         restart: discard a journal in ``out`` that another run left.
 
     Raises:
@@ -246,7 +247,7 @@ class Tracker:
             writer.add_scalar(f"lossmap/{m}", v, step)
         if self.lr is not None and "lambda_max" in values:
             writer.add_scalar(
-                "lossmap/lambda_max_over_2_by_lr", values["lambda_max"] * self.lr / 2, step
+                "lossmap/lambda_max_over_threshold", values["lambda_max"] * self.lr / 2, step
             )
 
     @property

@@ -5,8 +5,9 @@ Importing this module imports ``transformers`` (``pip install 'lossmap[transform
 The tracker measures at ``state.global_step`` (optimizer steps done so far): at the
 start of training and at each step end whose step is a multiple of the tracker's
 ``every``. The tracker's ``land_fn`` receives the model the ``Trainer`` passes to its
-callbacks (``kwargs["model"]``). Only the main process (``state.is_world_process_zero``)
-measures; at the end of training the tracker writes its history and figure.
+callbacks (``kwargs["model"]``). At the end of training the tracker writes its history
+and figure and closes its journal (:meth:`Tracker.close`). Training on several
+processes is not supported yet: the callback refuses it at the start.
 
 ::
 
@@ -49,12 +50,16 @@ class LossmapTrainerCallback(TrainerCallback):  # type: ignore[misc]
     def _step(self, state: TrainerState, model: Any) -> None:
         if model is None:
             raise ValueError("the Trainer passed no model to its callbacks; lossmap needs it")
-        if state.is_world_process_zero:
-            self.tracker.step(model, int(state.global_step))
+        self.tracker.step(model, int(state.global_step))
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if args.world_size > 1:
+            raise RuntimeError(
+                f"LossmapTrainerCallback does not support training on {args.world_size} "
+                "processes yet; track a single-process run"
+            )
         if self.at_start:
             self._step(state, kwargs.get("model"))
 
@@ -66,5 +71,4 @@ class LossmapTrainerCallback(TrainerCallback):  # type: ignore[misc]
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if state.is_world_process_zero:
-            self.tracker.save()
+        self.tracker.close()

@@ -5,9 +5,11 @@ The tracker measures at ``trainer.global_step`` (optimizer steps done so far): o
 the start of training (step 0, θ0) and after each batch whose step is a multiple of
 the tracker's ``every``; with gradient accumulation a step is measured once. The
 tracker's ``land_fn`` receives the ``LightningModule`` (its model:
-``land_fn=lambda module: lm.Landscape(module.model, ...)`` if it wraps one). Only
-global rank 0 measures; at the end of training the tracker writes its history and
-figure (:meth:`Tracker.save`).
+``land_fn=lambda module: lm.Landscape(module.model, ...)`` if it wraps one). At the end
+of training the tracker writes its history and figure and closes its journal
+(:meth:`Tracker.close`; a later ``fit`` reopens it). Training on several processes is
+not supported yet (a landscape built inside the process group would wait for the
+collectives of ranks that do not measure): the callback refuses it at the start.
 
 ::
 
@@ -48,7 +50,12 @@ class LossmapCallback(pl.Callback):
         self.at_start = at_start
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_start and trainer.is_global_zero:
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                f"LossmapCallback does not support training on {trainer.world_size} processes "
+                "yet; track a single-process run"
+            )
+        if self.at_start:
             self.tracker.step(pl_module, int(trainer.global_step))
 
     def on_train_batch_end(
@@ -59,9 +66,7 @@ class LossmapCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if trainer.is_global_zero:
-            self.tracker.step(pl_module, int(trainer.global_step))
+        self.tracker.step(pl_module, int(trainer.global_step))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.tracker.save()
+        self.tracker.close()
