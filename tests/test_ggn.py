@@ -141,6 +141,28 @@ def test_empirical_fisher_is_the_mean_outer_product_of_per_sample_gradients(mlp_
     )
 
 
+class _Rank:
+    """A stand-in for ``distributed.Ranks``: rank ``rank`` of ``world``, whose
+    ``all_sum`` leaves this rank's share as it is (the test sums the shares itself)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def all_sum(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(tensors)
+
+
+def test_shares_of_ranks_sum_to_the_whole(mlp_ce) -> None:
+    """Under torchrun each rank takes its share of the samples (cut across batch
+    borders) with N the whole data set's size: the shares' GGN and empirical Fisher
+    sum to the single process's."""
+    for cls in (GGNOperator, EmpiricalFisherOperator):
+        whole = _dense(cls(mlp_ce))
+        parts = [_dense(cls(mlp_ce.distribute(_Rank(r, 3)))) for r in range(3)]  # type: ignore[arg-type]
+        assert np.linalg.norm(parts[0]) > 0.1 * np.linalg.norm(whole)
+        np.testing.assert_allclose(sum(parts), whole, rtol=1e-10, atol=1e-15)
+
+
 # ------------------------------------------------------------------- blocks
 def test_blocks_are_blocks_of_the_dense_matrices(mlp_ce) -> None:
     """A block's dense matrix is the block of the full dense Hessian (and GGN);

@@ -212,23 +212,23 @@ def per_layer_report(
 
 def per_layer_figure(rows: list[dict[str, Any]], matrix: str, path: Path) -> Path:
     """Two bar charts, the top eigenvalue and the trace of each layer's block (the trace
-    with ±2 stderr), on a log scale where all are positive."""
+    with ±2 stderr), on a linear scale (bars on a log scale would start anywhere)."""
     from matplotlib.figure import Figure
 
     from lossmap.results import atomic_path
 
-    names = [r["layer"] for r in rows]
+    names = [f"{r['layer']} ({r['parameters']:,})" for r in rows]
     fig = Figure(figsize=(9, 1.2 + 0.35 * len(rows)))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, err in ((axes[0], "top_eigenvalue", None), (axes[1], "trace", "trace_stderr")):
         vals = [r[key] for r in rows]
         errs = [2 * r[err] for r in rows] if err else None
         ax.barh(range(len(rows)), vals, xerr=errs, color="tab:blue")
-        if all(v > 0 for v in vals):
-            ax.set_xscale("log")
+        ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_xlabel(key.replace("_", " "))
     axes[0].set_yticks(range(len(rows)), names)
     axes[0].invert_yaxis()
+    axes[0].set_ylabel("layer (parameters)")
     fig.suptitle(f"{matrix}: diagonal block of each layer")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
