@@ -305,7 +305,9 @@ class FisherOperator(_OutputOperator):
     Args:
         land, point, dataset, params, reuse_graph: as for :class:`GGNOperator`.
         mc_samples: labels drawn per input.
-        seed: the draws (per batch, from ``(seed, rank, batch index)``).
+        seed: the draws (per batch, from ``(seed, rank, batch index)``): held data, or a
+            streamed loader that yields the same batches in the same order on every
+            pass (no shuffling), give one matrix for every product.
     """
 
     kind = "Fisher"
