@@ -924,12 +924,16 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
     return {k: [t / 8 for t in ts] if "8 columns" in k else ts for k, ts in times.items()}, errs
 
 
-def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def round_robin(
+    fns: dict[str, Callable[[], Any]], repeats: int, *, before: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
     """Seconds of each call, over ``repeats`` rounds of all of them in turn, so that the
-    machine's noise hits every operation alike."""
+    machine's noise hits every operation alike (``before`` runs untimed before each)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -1316,6 +1320,15 @@ def goals(
 
 # -------------------------------------------------------------------- main
 # --------------------------------------------------------------------- 6. GGN
+def fresh_threads() -> None:
+    """Re-create torch's intra-op thread pool. Measured here (torch 2.13 CPU, 2 cores):
+    after ``torch.func`` transforms (``vmap(jacrev)`` of the truth, curvlinops' GGN
+    products) a plain ``tanh(a @ w)`` ran 10x slower in the same process until
+    ``torch.set_num_threads`` was called again. Called outside the timed region before
+    each timed call of this section, so that no row pays for another's side effect."""
+    torch.set_num_threads(torch.get_num_threads())
+
+
 def ggn_exact(
     model64: nn.Module, x: Tensor, *, dense_limit: int = 5000, chunk: int = 64
 ) -> tuple[np.ndarray | None, float]:
@@ -1417,6 +1430,7 @@ def ggn_eigen_rows(p: Problem, reps: int) -> list[EigRow]:
 
     def lm_run(tol: float) -> Run:
         op = lm.ggn.GGNOperator(p.land)
+        fresh_threads()
         t0 = time.perf_counter()
         e = eigenvalues(op, k, tol=tol)
         wall = time.perf_counter() - t0
@@ -1424,6 +1438,7 @@ def ggn_eigen_rows(p: Problem, reps: int) -> list[EigRow]:
 
     def cl_run(tol: float, ncv: int | None) -> Run:
         op, meter, setup = cl_ggn(p)
+        fresh_threads()
         t0 = time.perf_counter()
         vals = scipy.sparse.linalg.eigsh(
             op.to_scipy(), k=k, which="LA", tol=tol, ncv=ncv, return_eigenvectors=False
@@ -1434,6 +1449,7 @@ def ggn_eigen_rows(p: Problem, reps: int) -> list[EigRow]:
 
     def et_run(max_iter: int | None) -> Run:
         op, meter = et_ggn(p)
+        fresh_threads()
         t0 = time.perf_counter()
         r = eigenthings.lanczos(op, k=k, max_iter=max_iter, which="LA", seed=0)
         return Run(top_desc(r.eigenvalues, k), meter.calls, meter.ms, time.perf_counter() - t0)
@@ -1478,6 +1494,7 @@ def ggn_trace_rows(p: Problem, seeds: int, budget: int = 90) -> list[TraceRow]:
     def lm_run(method: str) -> Callable[[], Run]:
         def go(seed: int) -> Run:
             before, secs = op.matvecs, op.seconds
+            fresh_threads()
             t0 = time.perf_counter()
             t = trace(op, method=method, matvecs=budget, seed=seed)
             used = op.matvecs - before
@@ -1501,6 +1518,7 @@ def ggn_trace_rows(p: Problem, seeds: int, budget: int = 90) -> list[TraceRow]:
             def go(seed: int) -> Run:
                 before, secs = cl_meter.calls, cl_meter.seconds
                 torch.manual_seed(seed)
+                fresh_threads()
                 t0 = time.perf_counter()
                 value = float(fn(cl_op, budget))
                 used = cl_meter.calls - before
@@ -1555,7 +1573,7 @@ def ggn_cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dic
         if "gradient" not in key and "Hessian" not in key:
             t = truth8 if "8 columns" in key else truth
             errs[key] = float((as_flat(out).reshape(t.shape) - t).norm() / t.norm())
-    times = round_robin(fns, repeats)
+    times = round_robin(fns, repeats, before=fresh_threads)
     return {k: [t / 8 for t in ts] if "8 columns" in k else ts for k, ts in times.items()}, errs
 
 
