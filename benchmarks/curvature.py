@@ -6,6 +6,7 @@ Usage::
     python benchmarks/curvature.py --quick    # model A only, fewer seeds; prints (no file)
     python benchmarks/curvature.py --quick --out /tmp/curvature-quick.md
     python benchmarks/curvature.py --models C  # only the CNN rows: results/curvature_cnn.md
+    python benchmarks/curvature.py --models G  # the GGN (section 6): results/curvature_ggn.md
 
 Problems (digits, the 1,437 training images, ``nn.CrossEntropyLoss``, full data set):
 
@@ -25,6 +26,10 @@ Problems (digits, the 1,437 training images, ``nn.CrossEntropyLoss``, full data 
   lossmap's operator against a hand-written double-backward HVP and against
   forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), the two ways
   users write it, with each product's error against the float64 operator.
+- G: the generalised Gauss–Newton matrix of models A and B (section 6): lossmap's
+  ``GGNOperator`` against curvlinops' ``GGNLinearOperator`` and hessian-eigenthings'
+  ``GGNOperator``: top 5, trace and the cost of one product, against a float64 GGN
+  from per-sample Jacobians (dense on A; the exact trace on both).
 
 Every method runs on the float32 model, as users run it, and is compared with the
 float64 truth. HVPs are counted by wrapping each library's own product: lossmap's
@@ -919,12 +924,16 @@ def cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[st
     return {k: [t / 8 for t in ts] if "8 columns" in k else ts for k, ts in times.items()}, errs
 
 
-def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def round_robin(
+    fns: dict[str, Callable[[], Any]], repeats: int, *, before: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
     """Seconds of each call, over ``repeats`` rounds of all of them in turn, so that the
-    machine's noise hits every operation alike."""
+    machine's noise hits every operation alike (``before`` runs untimed before each)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -1310,11 +1319,319 @@ def goals(
 
 
 # -------------------------------------------------------------------- main
+# --------------------------------------------------------------------- 6. GGN
+def fresh_threads() -> None:
+    """Re-create torch's intra-op thread pool. Measured here (torch 2.13 CPU, 2 cores):
+    after ``torch.func`` transforms (``vmap(jacrev)`` of the truth, curvlinops' GGN
+    products) a plain ``tanh(a @ w)`` ran 10x slower in the same process until
+    ``torch.set_num_threads`` was called again. Called outside the timed region before
+    each timed call of this section, so that no row pays for another's side effect."""
+    torch.set_num_threads(torch.get_num_threads())
+
+
+def ggn_exact(
+    model64: nn.Module, x: Tensor, *, dense_limit: int = 5000, chunk: int = 64
+) -> tuple[np.ndarray | None, float]:
+    """The GGN of cross-entropy from per-sample Jacobians (``vmap(jacrev)``), float64,
+    independent of lossmap's operator: ``G = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i``.
+    The dense matrix when it has at most ``dense_limit`` rows, and the exact trace."""
+    params = {k: p.detach() for k, p in model64.named_parameters()}
+    n = sum(t.numel() for t in params.values())
+
+    def f(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(model64, p, (xi[None],))[0]
+
+    G = torch.zeros(n, n, dtype=torch.float64) if n <= dense_limit else None
+    tr = 0.0
+    for s in range(0, len(x), chunk):
+        xb = x[s : s + chunk]
+        jac = vmap(jacrev(f), in_dims=(None, 0))(params, xb)
+        J = torch.cat([jac[k].reshape(len(xb), -1, params[k].numel()) for k in params], dim=2)
+        prob = torch.softmax(torch.func.functional_call(model64, params, (xb,)), dim=-1)
+        AJ = prob[:, :, None] * J - prob[:, :, None] * torch.einsum("bc,bcn->bn", prob, J)[:, None]
+        tr += float((J * AJ).sum())
+        if G is not None:
+            G += J.reshape(-1, n).T @ AJ.reshape(-1, n)
+    N = len(x)
+    return (None if G is None else (G / N).numpy()), tr / N
+
+
+def ggn_problem(key: str, name: str, sizes: list[int], activation: str) -> Problem:
+    """A trained MLP (the same as model A or B) with the GGN's truth in ``top``/``trace``."""
+    x, y = digits_data()["train"]
+    p = Problem(key, name, trained_mlp(sizes, activation), x, y)
+    t0 = time.perf_counter()
+    G, p.trace = ggn_exact(p.model64, x.double())
+    if G is not None:
+        ev = np.linalg.eigvalsh(G)[::-1]
+        p.top = ev[:5].copy()
+        op64 = lm.ggn.GGNOperator(p.land64)
+        probe = np.random.default_rng(0).standard_normal((p.n, 4))
+        gap = np.linalg.norm(op64 @ probe - G @ probe) / np.linalg.norm(G @ probe)
+        p.notes.append(
+            f"{key} GGN truth: dense float64 from per-sample Jacobians (vmap(jacrev)), "
+            f"{time.perf_counter() - t0:.1f} s; trace = {p.trace:.6g}, λ1..5 = "
+            f"{', '.join(f'{v:.6g}' for v in p.top)}; lossmap's float64 GGNOperator times 4 "
+            f"random vectors differs from it by {gap:.1e} (relative)"
+        )
+        return p
+    e = eigenvalues(lm.ggn.GGNOperator(p.land64), 5, tol=1e-12, max_iter=600)
+    p.top = np.sort(e.values)[::-1]
+    check = ""
+    if curvlinops is not None:
+        model = p.model64
+        cl = curvlinops.GGNLinearOperator(
+            model, nn.CrossEntropyLoss(), list(model.parameters()), [(x.double(), y)]
+        )
+        other = top_desc(
+            scipy.sparse.linalg.eigsh(
+                cl.to_scipy(), k=5, which="LA", tol=1e-10, return_eigenvectors=False
+            ),
+            5,
+        )
+        check = f"; curvlinops + eigsh(tol=1e-10) in float64 agrees to {np.max(np.abs(other - p.top) / p.top):.1e}"
+    p.notes.append(
+        f"{key} GGN truth: trace {p.trace:.8g} exactly from per-sample Jacobians; top 5 from "
+        f"lossmap eigenvalues(GGNOperator, k=5, tol=1e-12) in float64 ({e.matvecs} products, "
+        f"residuals ÷λ max {np.max(e.residuals / np.abs(e.values)):.1e}){check}; "
+        f"{time.perf_counter() - t0:.1f} s; λ1..5 = {', '.join(f'{v:.8g}' for v in p.top)}"
+    )
+    return p
+
+
+def cl_ggn(p: Problem) -> tuple[Any, Meter, float]:
+    model = copy.deepcopy(p.model)
+    t0 = time.perf_counter()
+    op = curvlinops.GGNLinearOperator(
+        model, nn.CrossEntropyLoss(), list(model.parameters()), [(p.x, p.y)]
+    )
+    setup = time.perf_counter() - t0
+    meter = Meter()
+    op._matmat = meter.wrap(op._matmat, width=lambda M: int(M[0].shape[-1]))
+    return op, meter, setup
+
+
+def et_ggn(p: Problem) -> tuple[Any, Meter]:
+    op = eigenthings.GGNOperator(
+        copy.deepcopy(p.model),
+        [(p.x, p.y)],
+        lambda m, b: m(b[0]),
+        lambda out, b: nn.functional.cross_entropy(out, b[1]),
+    )
+    meter = Meter()
+    op.matvec = meter.wrap(op.matvec)
+    return op, meter
+
+
+def ggn_eigen_rows(p: Problem, reps: int) -> list[EigRow]:
+    """Top-5 of the GGN: lossmap's certified Lanczos; each peer's defaults and the
+    cheapest of its settings that meets the target (an oracle, knowing the truth)."""
+    k, rows = 5, []
+
+    def lm_run(tol: float) -> Run:
+        op = lm.ggn.GGNOperator(p.land)
+        fresh_threads()
+        t0 = time.perf_counter()
+        e = eigenvalues(op, k, tol=tol)
+        wall = time.perf_counter() - t0
+        return Run(top_desc(e.values, k), op.matvecs, 1e3 * op.seconds / op.matvecs, wall)
+
+    def cl_run(tol: float, ncv: int | None) -> Run:
+        op, meter, setup = cl_ggn(p)
+        fresh_threads()
+        t0 = time.perf_counter()
+        vals = scipy.sparse.linalg.eigsh(
+            op.to_scipy(), k=k, which="LA", tol=tol, ncv=ncv, return_eigenvectors=False
+        )
+        return Run(
+            top_desc(vals, k), meter.calls, meter.ms, time.perf_counter() - t0 + setup, setup
+        )
+
+    def et_run(max_iter: int | None) -> Run:
+        op, meter = et_ggn(p)
+        fresh_threads()
+        t0 = time.perf_counter()
+        r = eigenthings.lanczos(op, k=k, max_iter=max_iter, which="LA", seed=0)
+        return Run(top_desc(r.eigenvalues, k), meter.calls, meter.ms, time.perf_counter() - t0)
+
+    def add(label: str, setting: str, fn: Callable[[], Run], peer: bool = True) -> None:
+        r = median_run(fn, reps)
+        err = max_rel_err(r, p.top) if isinstance(r, Run) else float("nan")
+        rows.append(EigRow(p.key, label, k, setting, r, err, peer))
+
+    add("lossmap eigenvalues(GGNOperator)", "tol=1e-6 (certified)", lambda: lm_run(1e-6), False)
+    add(
+        "lossmap eigenvalues(GGNOperator) (info)",
+        "tol=1e-5 (certified)",
+        lambda: lm_run(1e-5),
+        False,
+    )
+    if curvlinops is not None:
+        add(
+            "curvlinops GGNLinearOperator + scipy eigsh",
+            "tol=1e-6, ncv default",
+            lambda: cl_run(1e-6, None),
+        )
+        configs = [
+            (f"tol={t:.0e}, ncv={c}", lambda t=t, c=c: cl_run(t, c))
+            for c in (None, 11, 15)
+            for t in (1e-3, 1e-4, 1e-5)
+        ]
+        rows.append(
+            oracle(p, "curvlinops GGNLinearOperator + scipy eigsh", k, TOP5_TARGET, configs, reps)
+        )
+    if eigenthings is not None:
+        add("eigenthings GGNOperator + lanczos", "defaults (max_iter=2k=10)", lambda: et_run(None))
+        configs = [(f"max_iter={m}", lambda m=m: et_run(m)) for m in (10, 15, 20, 30, 40)]
+        rows.append(oracle(p, "eigenthings GGNOperator + lanczos", k, TOP5_TARGET, configs, reps))
+    return rows
+
+
+def ggn_trace_rows(p: Problem, seeds: int, budget: int = 90) -> list[TraceRow]:
+    rows = []
+    op = lm.ggn.GGNOperator(p.land)
+
+    def lm_run(method: str) -> Callable[[], Run]:
+        def go(seed: int) -> Run:
+            before, secs = op.matvecs, op.seconds
+            fresh_threads()
+            t0 = time.perf_counter()
+            t = trace(op, method=method, matvecs=budget, seed=seed)
+            used = op.matvecs - before
+            return Run(
+                t.value,
+                used,
+                1e3 * (op.seconds - secs) / used,
+                time.perf_counter() - t0,
+                stderr=t.stderr,
+            )
+
+        return go  # type: ignore[return-value]
+
+    runners: list[tuple[str, bool, str, Any]] = [
+        (f"lossmap {m}", False, "reported", lm_run(m)) for m in ("hutch++", "xtrace")
+    ]
+    if curvlinops is not None:
+        cl_op, cl_meter, _ = cl_ggn(p)
+
+        def cl_run(fn: Callable[..., Tensor]) -> Any:
+            def go(seed: int) -> Run:
+                before, secs = cl_meter.calls, cl_meter.seconds
+                torch.manual_seed(seed)
+                fresh_threads()
+                t0 = time.perf_counter()
+                value = float(fn(cl_op, budget))
+                used = cl_meter.calls - before
+                return Run(
+                    value, used, 1e3 * (cl_meter.seconds - secs) / used, time.perf_counter() - t0
+                )
+
+            return go
+
+        runners += [
+            ("curvlinops hutchpp_trace", True, "none", cl_run(curvlinops.hutchpp_trace)),
+            ("curvlinops xtrace", True, "none", cl_run(curvlinops.xtrace)),
+        ]
+    for label, peer, se_note, go in runners:
+        row = TraceRow(p.key, label, budget, stderr_note=se_note, peer=peer)
+        for seed in range(seeds):
+            row.add(attempt(lambda go=go, seed=seed: go(seed)), p.trace)
+            if row.error:
+                break
+        rows.append(row)
+    return rows
+
+
+def ggn_cost_rows(p: Problem, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Round-robin timings of one GGN product (and of 8 at once, per column), each
+    product's relative error against lossmap's float64 GGN (checked against the dense
+    per-sample-Jacobian GGN on A)."""
+    gen = torch.Generator().manual_seed(0)
+    v, V8 = torch.randn(p.n, generator=gen), torch.randn(p.n, 8, generator=gen)
+    op = lm.ggn.GGNOperator(p.land)
+    fns: dict[str, Callable[[], Any]] = {
+        "lossmap land.gradient() (full data)": lambda: p.land.gradient(),
+        "lossmap HessianOperator.hvp (graph kept)": (lambda h: lambda: h.hvp(v))(
+            HessianOperator(p.land)
+        ),
+        "lossmap GGNOperator.hvp (graphs kept)": lambda: op.hvp(v),
+        "lossmap GGNOperator.hvp_columns (8 columns), per column": lambda: op.hvp_columns(V8),
+    }
+    if curvlinops is not None:
+        cl_op, _, _ = cl_ggn(p)
+        fns["curvlinops GGNLinearOperator @ v"] = lambda: cl_op @ v
+        fns["curvlinops GGNLinearOperator @ V (8 columns), per column"] = lambda: cl_op @ V8
+    if eigenthings is not None:
+        et_op, _ = et_ggn(p)
+        fns["eigenthings GGNOperator.matvec"] = lambda: et_op.matvec(v)
+    op64 = lm.ggn.GGNOperator(p.land64)
+    truth, truth8 = op64.hvp(v.double()), op64.hvp_columns(V8.double())
+    errs: dict[str, float] = {}
+    for key, fn in fns.items():
+        out = fn()
+        fn()
+        if "gradient" not in key and "Hessian" not in key:
+            t = truth8 if "8 columns" in key else truth
+            errs[key] = float((as_flat(out).reshape(t.shape) - t).norm() / t.norm())
+    times = round_robin(fns, repeats, before=fresh_threads)
+    return {k: [t / 8 for t in ts] if "8 columns" in k else ts for k, ts in times.items()}, errs
+
+
+def ggn_section(
+    repeats: int, seeds: int, log: Callable[[str], None], *, quick: bool = False
+) -> list[str]:
+    """Section 6: the GGN of models A and B (A alone with ``quick``) against curvlinops
+    and hessian-eigenthings."""
+    problems = []
+    models = (
+        ("A", "MLP 64-32-10 tanh", [64, 32, 10], "tanh"),
+        ("B", "MLP 64-128-128-10 ReLU", [64, 128, 128, 10], "relu"),
+    )
+    for key, name, sizes, act in models[: 1 if quick else 2]:
+        problems.append(ggn_problem(key, name, sizes, act))
+        log(f"GGN {key}: truth ready")
+    eig, tr, costs, errs = [], [], {}, {}
+    for p in problems:
+        eig += ggn_eigen_rows(p, 1 if quick else 3)
+        tr += ggn_trace_rows(p, seeds)
+        costs[p.key], errs[p.key] = ggn_cost_rows(p, repeats)
+        log(f"GGN {p.key}: rows done")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        "## 6. The generalised Gauss–Newton matrix",
+        "",
+        "The GGN of cross-entropy on models A and B (the Hessian's models, retrained the "
+        "same way), float32 as users run it, against float64 truths computed without "
+        "lossmap's operator where the size allows:",
+        "",
+        *[f"- {note}" for p in problems for note in p.notes],
+        f"- load average before the timings: {load:.2f}",
+        "",
+        f"Top 5 (target {TOP5_TARGET:.0e} relative); lossmap stops on its certified bound, "
+        "peer rows marked oracle were picked knowing the truth. 'HVPs' here counts GGN "
+        "products.",
+        "",
+        *eigen_table(eig),
+        "",
+        f"Trace, 90 products, {seeds} seeds:",
+        "",
+        *trace_table(tr, seeds),
+        "",
+        "One product (round robin; the ratio divides by lossmap's full-data gradient):",
+        "",
+        *cost_table(costs, errs, repeats),
+        "",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="model A only, fewer seeds (< 1 min)")
     ap.add_argument("--seeds", type=int, default=None, help="trace seeds (default 10; quick 3)")
-    ap.add_argument("--models", default=None, help="which models, e.g. 'A' (default AB; quick A)")
+    ap.add_argument(
+        "--models", default=None, help="which models, e.g. 'A' (default ABC; quick A; G: the GGN)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write")
     args = ap.parse_args(argv)
     seeds = args.seeds or (3 if args.quick else 10)
@@ -1330,8 +1647,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     models = args.models or ("A" if args.quick else "ABC")
-    if not models or set(models) - {"A", "B", "C"}:
-        ap.error(f"--models takes letters from 'ABC', got {models!r}")
+    if not models or set(models) - {"A", "B", "C", "G"}:
+        ap.error(f"--models takes letters from 'ABCG', got {models!r}")
+    if models == "G":  # the GGN section alone
+        lines += ggn_section(repeats, seeds, log, quick=args.quick)
+        lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        target = args.out or RESULTS / "curvature_ggn.md"
+        if target is not None:
+            target.write_text(text)
+            log(f"wrote {target}")
+        return 0
     if models == "C":  # the CNN rows alone
         lines += cnn_section(repeats)
         lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
 from lossmap import vectors as V
+from lossmap.curvature import CurvatureOperator, layer_groups, select_parameters
 from lossmap.data import batch_size, total_memory
 from lossmap.evaluate.memory import output_sizes
 from lossmap.hvp import HessianVectorProduct
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENSE_LIMIT",
+    "CurvatureOperator",
     "Eigen",
     "HessianOperator",
     "Spectrum",
@@ -73,7 +75,9 @@ __all__ = [
     "eigenvalues",
     "graph_fits",
     "lanczos",
+    "layer_groups",
     "power_iteration",
+    "select_parameters",
     "spectral_density",
     "trace",
 ]
@@ -82,18 +86,26 @@ DENSE_LIMIT = 10_000
 
 
 # --------------------------------------------------------------------- operator
-class HessianOperator(LinearOperator):
+class HessianOperator(CurvatureOperator):
     """The Hessian of the data-set mean loss at ``point`` (θ0 by default).
 
     ``op @ v`` takes and returns float64 numpy vectors of length ``op.shape[0]``
     (parameters flattened in ``named_parameters()`` order); :meth:`hvp` takes and
     returns torch tensors. ``op.matvecs`` counts Hessian-vector products.
 
+    ``params`` (glob patterns over parameter names, e.g. ``["layer3.*"]``, as the
+    ignore rules of :mod:`lossmap.directions`) makes it the diagonal block ``H_SS`` of
+    those parameters: vectors, ``op.point`` and eigenvectors returned as parameter
+    dicts cover the block alone; each block product costs one full product (see
+    :class:`~lossmap.curvature.CurvatureOperator`).
+
     >>> from lossmap.examples import linear_regression
     >>> op = HessianOperator(linear_regression())
     >>> H = op @ np.eye(2)          # 2 AᵀA / n for A = [x, 1]
     >>> bool(np.allclose(H, H.T)), op.matvecs
     (True, 2)
+    >>> HessianOperator(linear_regression(), params=["bias"]).shape
+    (1, 1)
     """
 
     def __init__(
@@ -103,6 +115,7 @@ class HessianOperator(LinearOperator):
         *,
         dataset: str | None = None,
         reuse_graph: bool | None = None,
+        params: str | Iterable[str] | None = None,
     ) -> None:
         self.land = land
         if reuse_graph is None:
@@ -111,55 +124,11 @@ class HessianOperator(LinearOperator):
         """Whether the gradient graph over the whole data set is kept for every product
         (else it is rebuilt batch by batch for each product: one more forward and
         backward pass per product, memory of one batch)."""
-        self._product = HessianVectorProduct(land, point, dataset=dataset, reuse_graph=reuse_graph)
-        self.point = self._product.point
-        self.dataset = self._product.dataset
-        n = land.num_parameters
-        self.dtype_torch = next(iter(self.point.values())).dtype
-        super().__init__(dtype=np.float64, shape=(n, n))
-        self.matvecs = 0
-        self.seconds = 0.0
+        self._hvp = HessianVectorProduct(land, point, dataset=dataset, reuse_graph=reuse_graph)
+        self._setup(self._hvp.point, self._hvp.dataset, params)
 
-    def hvp(self, v: Tensor) -> Tensor:
-        """``H v`` for a flat torch vector (any float dtype; returned in ``v``'s dtype)."""
-        t0 = time.perf_counter()
-        parts = V.unflatten(v.to(self.dtype_torch), self.point)
-        hv = self._product([parts[k].to(t.device) for k, t in self.point.items()])
-        self.matvecs += 1
-        self.seconds += time.perf_counter() - t0
-        return torch.cat([h.reshape(-1) for h in hv]).to(v.dtype)
-
-    def hvp_columns(self, X: Tensor) -> Tensor:
-        """``H X`` for ``X: [n, k]`` (k products in one batched backward pass per batch
-        of data; returned in ``X``'s dtype)."""
-        t0 = time.perf_counter()
-        rows = X.to(self.dtype_torch).T  # [k, n]
-        parts, offset = [], 0
-        for t in self.point.values():
-            parts.append(rows[:, offset : offset + t.numel()].reshape(-1, *t.shape).to(t.device))
-            offset += t.numel()
-        hv = self._product.many(parts)
-        self.matvecs += X.shape[1]
-        self.seconds += time.perf_counter() - t0
-        return torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T.to(X.dtype)
-
-    def hvp_dict(self, v: Mapping[str, Tensor]) -> V.Vector:
-        """``H v`` for a direction dict."""
-        flat = V.flatten(V.check_vector(v, self.point, name="v"))
-        return V.unflatten(self.hvp(flat), self.point)
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-        dev = next(iter(self.point.values())).device
-        return self.hvp(v.to(dev)).cpu().double().numpy()
-
-    def _matmat(self, X: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
-        dev = next(iter(self.point.values())).device
-        return self.hvp_columns(x.to(dev)).cpu().double().numpy()
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)  # symmetric
+    def _apply(self, vs: list[Tensor], *, batched: bool) -> list[Tensor]:
+        return self._hvp.many(vs) if batched else self._hvp(vs)
 
     def _adjoint(self) -> HessianOperator:
         return self
@@ -195,7 +164,9 @@ def graph_fits(land: Landscape, dataset: str | None = None) -> bool:
 def _operator(
     land: Landscape | LinearOperator | np.ndarray, point: Mapping[str, Tensor] | None
 ) -> LinearOperator | np.ndarray:
-    """The Hessian of a Landscape at ``point`` (θ0 by default), or the operator given."""
+    """The Hessian of a Landscape at ``point`` (θ0 by default), or the operator given
+    (a :class:`HessianOperator`, a GGN or Fisher operator of :mod:`lossmap.ggn`, any
+    LinearOperator or a square array), used unchanged."""
     if isinstance(land, Landscape):
         return HessianOperator(land, point)
     if isinstance(land, (LinearOperator, np.ndarray)):
@@ -207,28 +178,34 @@ def _operator(
 
 # ------------------------------------------------------------------------ dense
 def dense(
-    land: Landscape,
+    land: Landscape | CurvatureOperator,
     point: Mapping[str, Tensor] | None = None,
     *,
     limit: int = DENSE_LIMIT,
     columns: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    params: str | Iterable[str] | None = None,
 ) -> Tensor:
     """The explicit Hessian ``[n, n]`` (float64) of the data-set mean loss.
 
     Built from HVPs with the unit vectors, ``columns`` at a time in one batched
     backward pass (:meth:`HessianOperator.hvp_columns`; ``benchmarks/dense.py`` times
     block sizes against one product per column). ``progress(done, n)`` is called after
-    each block of columns.
+    each block of columns. ``params`` (globs) gives the diagonal block of those
+    parameters; an operator given instead of a landscape (a block, a GGN or Fisher
+    operator of :mod:`lossmap.ggn`) is made dense as it is.
 
     Raises:
         ValueError: more than ``limit`` parameters (the message gives the memory and
             the time it would take, from one timed block of products).
     """
-    n = land.num_parameters
     if not isinstance(columns, int) or columns < 1:
         raise ValueError(f"columns must be a positive integer, got {columns!r}")
-    op = HessianOperator(land, point)
+    if isinstance(land, CurvatureOperator):
+        op = land
+    else:
+        op = HessianOperator(land, point, params=params)
+    n = int(op.shape[0])
     device = next(iter(op.point.values())).device
     if n > limit:
         t0 = time.perf_counter()
@@ -265,9 +242,9 @@ class Eigen:
 
 
 def _as_dicts(op: LinearOperator | np.ndarray, vecs: np.ndarray) -> list[V.Vector]:
-    """The columns of ``vecs`` ``[n, k]`` as parameter dicts (a HessianOperator's point),
-    or none for another operator."""
-    if not isinstance(op, HessianOperator):
+    """The columns of ``vecs`` ``[n, k]`` as parameter dicts (a curvature operator's
+    point: its parameter block), or none for another operator."""
+    if not isinstance(op, CurvatureOperator):
         return []
     return [
         V.unflatten(torch.from_numpy(vecs[:, i]).to(op.dtype_torch), op.point)
