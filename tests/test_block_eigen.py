@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.sparse.linalg import aslinearoperator
 from torch import Tensor, nn
 
@@ -151,7 +150,10 @@ def test_edge_of_stability_iterates_match_the_dense_hessian_warm_and_cold() -> N
     h = runs[True]
     np.testing.assert_array_equal(h.checkpoint_steps, h.sharpness_steps)
     exact = np.array(
-        [float(np.linalg.eigvalsh(hessian.dense(land, point=cp).numpy())[-1]) for cp in h.checkpoints]
+        [
+            float(np.linalg.eigvalsh(hessian.dense(land, point=cp).numpy())[-1])
+            for cp in h.checkpoints
+        ]
     )
     for run in runs.values():
         assert run.meta["method"] == "block"

@@ -53,6 +53,7 @@ from lossmap.linalg import (
     as_matmat,
     as_matvec,
     block_lanczos,
+    block_size,
     hutchinson,
     hutchpp,
     lanczos,
@@ -279,7 +280,9 @@ def _as_dicts(op: LinearOperator | np.ndarray, vecs: np.ndarray) -> list[V.Vecto
 
 
 def _start_vector(
-    v0: Mapping[str, Tensor] | np.ndarray | list[Any] | None, op: LinearOperator | np.ndarray, n: int
+    v0: Mapping[str, Tensor] | np.ndarray | list[Any] | None,
+    op: LinearOperator | np.ndarray,
+    n: int,
 ) -> np.ndarray | None:
     """``v0`` as a float64 ``[n, m]`` array of start vectors: from a parameter dict, a
     flat ``[n]`` array, an ``[n, m]`` array, or a list of dicts / flat arrays."""
@@ -318,6 +321,29 @@ _EIGEN_METHODS = ("block", "lanczos")
 Lanczos."""
 
 
+def _solve(
+    op: LinearOperator | np.ndarray, n: int, start: np.ndarray | None, **kw: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, int, dict[str, Any]]:
+    """:func:`eigenvalues`' solver: ``(values, vectors, residuals, converged, products,
+    meta)``; ``kw`` holds ``k``, ``which``, ``tol``, ``max_iter``, ``seed``, ``block``."""
+    calls = 0
+    block, mv, mm = kw.pop("block"), as_matvec(op)[0], as_matmat(op)[0]
+
+    def counted(X: np.ndarray) -> np.ndarray:  # a vector [n] or a block [n, p]
+        nonlocal calls
+        calls += 1 if X.ndim == 1 else X.shape[1]
+        return mv(X) if X.ndim == 1 else mm(X)
+
+    if block is None:  # method="lanczos"
+        vals, vecs, resid, _, ok = lanczos(
+            counted, n, v0=None if start is None else start[:, 0], **kw
+        )
+        return vals, vecs, resid, ok, calls, {}
+    res = block_lanczos(counted, n, block=block, v0=start, **kw)
+    meta = {"block": res.block, "error_bounds": res.bounds.tolist()}
+    return res.values, res.vectors, res.residuals, res.converged, calls, meta
+
+
 @single_blas_thread
 def eigenvalues(
     land: Landscape | LinearOperator,
@@ -337,14 +363,14 @@ def eigenvalues(
 
     ``method="block"`` (the default): a block of ``block`` vectors (default ``k + 2``),
     the warm-start vectors ``v0`` and Gaussian ones drawn from ``seed`` (at least
-    one), ``block`` HVPs per step in one batched backward pass. ``converged`` means:
-    each returned value is within ``residuals[i] <= tol * |value|`` of a distinct
-    eigenvalue (certified, Kahan's residual theorem); and that no larger eigenvalue
-    was missed holds with high probability over the random columns, provided the
-    cluster at the wanted end is at most ``block`` wide (Musco & Musco 2015), which
-    is not certified. Single-vector Lanczos can converge to the second eigenvalue of
-    a cluster and certify it (measured at the edge of stability,
-    ``benchmarks/results/edge_of_stability.md``).
+    one), ``block`` HVPs per step in one batched backward pass. ``converged`` means
+    (precisely in :func:`lossmap.linalg.block_lanczos`): each value is within
+    ``residuals[i]`` of a distinct eigenvalue (certified); with high probability over
+    the random columns, when the cluster at the wanted end is at most ``block`` wide
+    (Musco & Musco 2015; not certified), no eigenvalue was missed, and then each
+    value is within ``meta["error_bounds"][i] <= tol * |value|`` of the eigenvalue of
+    its rank. Single-vector Lanczos can converge to the second eigenvalue of a
+    cluster and certify it (measured at the edge of stability, README).
 
     ``method="lanczos"``: single-vector Lanczos (:func:`lanczos`), for comparison:
     its ``converged`` certifies eigenvalues by a Kato–Temple bound whose gap is the
@@ -371,7 +397,7 @@ def eigenvalues(
         :class:`Eigen` with ``values`` sorted as asked (descending for LA/LM,
         ascending for SA), ``vectors`` as unit-norm parameter dicts, ``matvecs``,
         ``residuals`` ``||Hv - λv||``; ``meta`` holds ``tol``, ``method`` and (block)
-        ``block``.
+        ``block`` and ``error_bounds``.
     """
     op = _operator(land, point)
     n = int(op.shape[0])
@@ -387,34 +413,10 @@ def eigenvalues(
             f"method='lanczos' takes one start vector, got {start.shape[1]}; use method='block'"
         )
     before = getattr(op, "matvecs", 0)
-    calls = 0
-    meta: dict[str, Any] = {"tol": tol, "method": method}
-    if method == "block":
-        mm, _ = as_matmat(op)
-
-        def counted_block(X: np.ndarray) -> np.ndarray:
-            nonlocal calls
-            calls += X.shape[1]
-            return mm(X)
-
-        res = block_lanczos(
-            counted_block, n, k=k, which=which, tol=tol, block=block, max_iter=max_iter,
-            v0=start, seed=seed,
-        )
-        vals, vecs, resid, ok = res.values, res.vectors, res.residuals, res.converged
-        meta |= {"block": res.block, "error_bounds": res.bounds.tolist()}
-    else:
-        mv, _ = as_matvec(op)
-
-        def counted(x: np.ndarray) -> np.ndarray:
-            nonlocal calls
-            calls += 1
-            return mv(x)
-
-        vals, vecs, resid, _, ok = lanczos(
-            counted, n, k=k, which=which, tol=tol, max_iter=max_iter,
-            v0=None if start is None else start[:, 0], seed=seed,
-        )
+    kw = {"k": k, "which": which, "tol": tol, "max_iter": max_iter, "seed": seed}
+    p = None if method == "lanczos" else (block_size(k) if block is None else block)
+    vals, vecs, resid, ok, calls, meta = _solve(op, n, start, block=p, **kw)
+    meta = {"tol": tol, "method": method} | meta
     used = getattr(op, "matvecs", before + calls) - before
     return Eigen(vals, _as_dicts(op, vecs), int(used), resid, ok, which, meta)
 

@@ -225,8 +225,10 @@ def _loss_and_grad(land: Landscape, point: V.Vector) -> tuple[float, V.Vector]:
 
 
 def _check_gd_arguments(
-    lr: object, steps: object, sharpness_every: object, checkpoint_every: object
+    lr: object, steps: object, sharpness_every: object, checkpoint_every: object, method: object
 ) -> None:
+    if method not in ("block", "lanczos"):
+        raise ValueError(f"method must be 'block' or 'lanczos', got {method!r}")
     if not (isinstance(lr, int | float) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not isinstance(steps, int) or steps < 0:
@@ -302,21 +304,16 @@ def gradient_descent(
             measurements (e.g. progress printing).
         warm_start: start each measurement after the first from the previous top
             eigenvector: one column of the block, the others random (seeded by
-            ``seed`` and the step). The top eigenvector moves little between
-            measurements, so this takes fewer HVPs than a random start; the random
-            columns keep the top eigenvalue within reach when the top two swap, where
-            a start on the old vector alone would converge to the second.
-        method: ``"block"`` (block Lanczos, the default) or ``"lanczos"``
-            (single-vector, started from the previous top vector plus an equally
-            weighted random one: for comparison; inside a cluster of top eigenvalues
-            it can return the second, see :func:`lossmap.hessian.eigenvalues`).
+            ``seed`` and the step). Fewer HVPs than random blocks; the random columns
+            keep the top eigenvalue within reach when the top two swap.
+        method: ``"block"`` (the default) or ``"lanczos"`` (single-vector, from the
+            previous top vector plus an equally weighted random one; for comparison:
+            it can return the second of a cluster, :func:`lossmap.hessian.eigenvalues`).
 
     Returns:
         :class:`SharpnessHistory`.
     """
-    _check_gd_arguments(lr, steps, sharpness_every, checkpoint_every)
-    if method not in ("block", "lanczos"):
-        raise ValueError(f"method must be 'block' or 'lanczos', got {method!r}")
+    _check_gd_arguments(lr, steps, sharpness_every, checkpoint_every, method)
     theta = land.point()
     losses: list[float] = []
     lam_steps: list[int] = []
@@ -332,15 +329,8 @@ def gradient_descent(
         last = t == steps or not np.isfinite(loss) or (stop_loss is not None and loss < stop_loss)
         lam: float | None = None
         if sharpness_every and (t % sharpness_every == 0 or last) and np.isfinite(loss):
-            eig = _sharpness(
-                land,
-                theta,
-                prev if warm_start else None,
-                tol=tol,
-                seed=seed,
-                step=t,
-                method=method,
-            )
+            start = prev if warm_start else None
+            eig = _sharpness(land, theta, start, tol=tol, seed=seed, step=t, method=method)
             if eig.vectors:
                 prev = V.flatten(eig.vectors[0]).double().cpu().numpy()
             lam = float(eig.values[0])

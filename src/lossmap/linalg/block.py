@@ -20,7 +20,6 @@ from lossmap.linalg._operator import MatMat
 __all__ = ["BlockResult", "block_lanczos", "block_size"]
 
 
-
 def block_size(k: int) -> int:
     """The default block size for ``k`` eigenvalues: ``k + 2``.
 
@@ -51,7 +50,9 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.argsort(-np.abs(theta))[:k]
 
 
-def _error_bounds(theta: np.ndarray, Y: np.ndarray, order: np.ndarray, k: int, which: str) -> np.ndarray:
+def _error_bounds(
+    theta: np.ndarray, Y: np.ndarray, order: np.ndarray, k: int, which: str
+) -> np.ndarray:
     """Bounds on the eigenvalue errors of the ``k`` wanted Ritz values.
 
     ``order``: the wanted Ritz values and one more, in the wanted order; ``Y``: their
@@ -98,9 +99,7 @@ def _orthonormal_block(
     return P, P.T @ W
 
 
-def _start_block(
-    n: int, p: int, v0: np.ndarray | None, rng: np.random.Generator
-) -> np.ndarray:
+def _start_block(n: int, p: int, v0: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     """``[n, p]`` orthonormal: the columns of ``v0`` first, Gaussian ones after."""
     X = rng.standard_normal((n, p))
     if v0 is not None:
@@ -159,37 +158,27 @@ def block_lanczos(
 ) -> BlockResult:
     """The ``k`` extreme eigenpairs of a symmetric ``A``, by block Lanczos.
 
-    The block Krylov space ``span[V, AV, A²V, …]`` of a start block ``V`` ``[n, p]``
-    (Golub & Underwood 1977; Saad, *Numerical Methods for Large Eigenvalue Problems*,
-    2011, §6.7), built one block at a time with ``p`` products in one ``matmat`` call,
-    fully reorthogonalised twice against the whole basis; Rayleigh–Ritz on it after
-    every block. ``V`` holds the columns of ``v0`` (a warm start) and Gaussian ones
-    drawn from ``seed`` — at least one: a block made only of warm-start vectors could
-    be blind to an eigenvector they are orthogonal to.
-
-    Stops when every wanted Ritz value ``θ_i`` has an error bound ``e_i <= tol * |θ_i|``
-    (``e_i = min(r_i, r_i² / δ_i)``, see below; residuals ``r_i = ||A y_i − θ_i y_i||``
-    read off the block recurrence, no extra products), or on an invariant subspace, or
-    after ``max_iter`` products.
+    Rayleigh–Ritz on the block Krylov space ``span[V, AV, A²V, …]`` of a start block
+    ``V`` ``[n, p]`` (Golub & Underwood 1977; Saad, *Numerical Methods for Large
+    Eigenvalue Problems*, 2011, §6.7), ``p`` products per ``matmat`` call, fully
+    reorthogonalised. ``V``: the columns of ``v0`` (a warm start), then Gaussian ones
+    from ``seed``, at least one. Stops when each wanted Ritz value has an error bound
+    ``e_i = min(r_i, r_i² / δ_i) <= tol * |θ_i|`` (residuals ``r_i = ||A y_i − θ_i y_i||``
+    from the recurrence, no extra products), on an invariant subspace, or at ``max_iter``.
 
     What ``converged`` means, precisely:
 
-    - *Certified, always*: each returned ``θ_i`` lies within ``r_i`` of an eigenvalue
-      of ``A``, distinct eigenvalues for distinct ``i`` (Kahan's residual theorem for
-      Rayleigh–Ritz, Parlett, *The Symmetric Eigenvalue Problem*, 1998, Thm. 11.5.1),
-      and never beyond the eigenvalue of the same rank (Cauchy interlacing:
-      ``θ_i <= λ_i`` for LA).
-    - *With high probability over the random columns, not certified*: that no
-      eigenvalue was missed, i.e. the ``k + 1`` extreme Ritz values approximate the
-      ``k + 1`` extreme eigenvalues in order. Krylov methods cannot see an eigenvector
-      orthogonal to their start; a Gaussian block sees every one with probability 1
-      and, when at most ``p`` eigenvalues form the cluster at the wanted end,
-      converges at a rate set by the gap below the block, not inside the cluster
-      (Musco & Musco 2015, "Randomized block Krylov methods for stronger and faster
-      approximate singular value decomposition", NeurIPS, Thms. 1 and 13). Given
-      that, ``θ_i`` is within ``e_i <= tol * |θ_i|`` of ``λ_i`` (Kato–Temple with a
-      gap ``δ_i`` that is a true lower bound, :func:`_error_bounds`), and the values
-      returned are the ``k`` extreme eigenvalues to ``tol``.
+    - *Certified*: each ``θ_i`` lies within ``r_i`` of an eigenvalue of ``A``,
+      distinct ones for distinct ``i`` (Kahan's theorem, Parlett, *The Symmetric
+      Eigenvalue Problem*, 1998, Thm. 11.5.1), and ``θ_i <= λ_i`` (interlacing, LA).
+    - *With high probability over the random columns, not certified*: no eigenvalue
+      was missed (the ``k + 1`` extreme Ritz values approximate the ``k + 1`` extreme
+      eigenvalues in order). A Gaussian block sees every eigenvector and, when at
+      most ``p`` eigenvalues form the cluster at the wanted end, converges at a rate
+      set by the gap below the block, not inside the cluster (Musco & Musco 2015,
+      "Randomized block Krylov methods for stronger and faster approximate singular
+      value decomposition", NeurIPS, Thms. 1 and 13). Then ``|θ_i − λ_i| <= e_i <=
+      tol * |θ_i|`` (Kato–Temple with a true lower bound on the gap, :func:`_error_bounds`).
 
     Args:
         matmat: ``X -> A X`` for ``X`` ``[n, p]`` float64, ``A`` symmetric.
@@ -228,15 +217,7 @@ def block_lanczos(
         m = Q.shape[0]
         W = matmat(np.ascontiguousarray(Q[b0:].T))
         used += m - b0
-        C = np.zeros((m, m - b0))
-        for _ in range(2):  # full reorthogonalisation, twice is enough (Parlett §6.9)
-            D = Q @ W
-            W -= Q.T @ D
-            C += D
-        T = _grow(T, m)
-        T[:, b0:] = C
-        T[b0:, :] = C.T
-        T[b0:, b0:] = 0.5 * (C[b0:] + C[b0:].T)
+        T = _project(Q, W, T, b0)
         theta, S = np.linalg.eigh(T)
         scale = max(scale, float(np.max(np.abs(theta))))
         order = _select(theta, k + 1, which)
@@ -262,10 +243,19 @@ def block_lanczos(
     return BlockResult(theta[sel], Q.T @ S[:, sel], resid, bounds, used, converged, p)
 
 
-def _grow(T: np.ndarray, m: int) -> np.ndarray:
-    """``T`` padded with zeros to ``[m, m]``."""
-    if T.shape[0] >= m:
-        return T
+def _project(Q: np.ndarray, W: np.ndarray, T: np.ndarray, b0: int) -> np.ndarray:
+    """``T = Qᵀ A Q`` ``[m, m]`` grown by the newest block's columns and rows, from
+    ``W = A Q[b0:]ᵀ``; ``W`` is left orthogonal to the basis ``Q`` (rows; full
+    reorthogonalisation, twice is enough: Parlett 1998, §6.9)."""
+    m = Q.shape[0]
+    C = np.zeros((m, m - b0))
+    for _ in range(2):
+        D = Q @ W
+        W -= Q.T @ D
+        C += D
     out = np.zeros((m, m))
-    out[: T.shape[0], : T.shape[0]] = T
+    out[:b0, :b0] = T[:b0, :b0]
+    out[:, b0:] = C
+    out[b0:, :] = C.T
+    out[b0:, b0:] = 0.5 * (C[b0:] + C[b0:].T)
     return out
