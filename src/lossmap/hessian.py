@@ -309,8 +309,8 @@ def _start_vector(
         or not np.all(np.any(start, axis=0))
     ):
         raise ValueError(
-            f"v0 must be finite, non-zero vectors of {n:,} entries ([n] or [n, m]), "
-            f"got shape {start.shape}"
+            f"v0 must be a finite, non-zero vector of {n:,} entries (or an [n, m] array of "
+            f"them), got shape {start.shape}"
         )
     return start
 
