@@ -92,7 +92,7 @@ def _orthonormal_block(
     P = np.empty((W.shape[0], width))
     P[:, : keep.shape[1]] = keep
     for i in range(keep.shape[1], width):
-        z = rng.standard_normal(W.shape[0])
+        z: np.ndarray = rng.standard_normal((W.shape[0],))
         for _ in range(2):
             z -= Q.T @ (Q @ z) + P[:, :i] @ (P[:, :i].T @ z)
         P[:, i] = z / np.linalg.norm(z)
