@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     total = time.perf_counter() - t_all
 
-    # Warm starts (each Lanczos from the last top eigenvector plus a random vector)
-    # against random starts, at every 15th measurement of every run.
+    # Warm starts (the last top eigenvector as one column of the block) against random
+    # starts, at every 15th measurement of every run.
     diffs, cold_mv, cold_n = [], 0, 0
     for h in histories.values():
         at = dict(zip(h.sharpness_steps.tolist(), h.sharpness, strict=True))
@@ -281,7 +281,7 @@ MLP 64-64-64-10 tanh (seed 0, {land.num_parameters:,} parameters, float32), loss
 `(1/n) Σ_i ½‖f(x_i) − y_i‖²` (Cohen et al.'s scaling; `nn.MSELoss()` also averages over
 the 10 classes and drops the ½, so it is this loss / 5, and its λ_max / 5). Full-batch gradient descent from the same
 initialisation, {steps} steps per run (`lossmap.trajectory.gradient_descent`); λ_max every
-{every} steps by Lanczos (`lossmap.hessian.eigenvalues`, relative tol 1e-4). "2nd half":
+{every} steps by block Lanczos (`lossmap.hessian.eigenvalues`, relative tol 1e-4). "2nd half":
 the measurements at steps ≥ {steps // 2}. The control uses a small η whose 2/η = {CONTROL:g}
 is never reached.
 
@@ -302,8 +302,10 @@ What it shows:
 - Control (η = {2 / CONTROL:.3g}): λ_max climbs to {ctrl["final_lambda"]:.2f}, {passed}
 
 Total wall time {total:.0f} s ({sum(s["matvecs"] for _, s in rows):.0f} Hessian-vector products).
-Each λ_max after a run's first starts Lanczos from the previous top eigenvector plus an
-equally weighted random vector (`gradient_descent(warm_start=True)`, the default). {check}
+Each λ_max after a run's first starts block Lanczos from the previous top eigenvector as
+one column of the block, the others random (`gradient_descent(warm_start=True)`, the
+default). {check} Block vs single-vector Lanczos against a `tol=1e-10` reference:
+`--compare`, [edge_of_stability_block.md](edge_of_stability_block.md).
 """
     out.write_text(doc)
     print(f"wrote {out} and {png}")
