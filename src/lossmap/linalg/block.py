@@ -5,7 +5,10 @@ largest one: inside a cluster (the top eigenvalues of a network at the edge of
 stability lie within 0.2–0.5 % of each other) it can converge to the second one and
 certify it. A block of ``p`` start vectors, at least one of them random, sees a whole
 cluster of up to ``p`` eigenvalues at once; its convergence does not depend on the
-gaps inside the cluster (Musco & Musco 2015).
+gaps inside the cluster (Musco & Musco 2015). That holds with high probability, not
+surely, and needs the block at least as wide as the cluster: on 21 edge-of-stability
+iterates with a 3-eigenvalue cluster, block 2 (warm-started) stopped on the second
+eigenvalue at 2, block 3 at none (``benchmarks/results/edge_of_stability_block.md``).
 """
 
 from __future__ import annotations
