@@ -139,7 +139,7 @@ def test_edge_of_stability_iterates_match_the_dense_hessian_warm_and_cold() -> N
         warm: gradient_descent(
             land,
             lr=2 / 3,
-            steps=240,
+            steps=180,
             sharpness_every=30,
             checkpoint_every=30,
             tol=1e-4,
