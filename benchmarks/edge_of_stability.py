@@ -13,6 +13,9 @@ Usage::
     python benchmarks/edge_of_stability.py           # writes benchmarks/results/edge_of_stability.{md,png}
     python benchmarks/edge_of_stability.py --quick   # shorter runs; prints (no file)
     python benchmarks/edge_of_stability.py --quick --out /tmp/eos.md
+    python benchmarks/edge_of_stability.py --compare --thresholds 9 --every 200
+        # block vs single-vector Lanczos against a tol=1e-10 reference at every
+        # measurement: writes benchmarks/results/edge_of_stability_block.md
 
 Problem: scikit-learn's digits, the first 1,000 of the 1,437 training images
 (standardised, ``lossmap.examples.digits_data``), one-hot targets, an MLP
@@ -20,7 +23,7 @@ Problem: scikit-learn's digits, the first 1,000 of the 1,437 training images
 Loss: Cohen et al.'s square loss ``L = (1/n) Σ_i ½ ||f(x_i) − y_i||²`` (summed over the 10
 classes, averaged over samples; ``nn.MSELoss()`` is this divided by 5, and its λ_max
 too). Training: ``lossmap.trajectory.gradient_descent`` (θ ← θ − η ∇L on the full
-subset); λ_max every ``--every`` steps by Lanczos (``lossmap.hessian.eigenvalues``,
+subset); λ_max every ``--every`` steps by block Lanczos (``lossmap.hessian.eigenvalues``,
 ``tol=1e-4``).
 """
 
@@ -102,6 +105,65 @@ def table(rows: list[tuple[str, dict[str, float]]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def chain(
+    land: lm.Landscape, h: SharpnessHistory, method: str, block: int | None = None
+) -> tuple[np.ndarray, int, float]:
+    """λ_max (``tol=1e-4``) at ``h``'s checkpoints, warm-started as
+    ``gradient_descent(method=...)`` does: ``"block"`` the previous top vector as one
+    column, ``"lanczos"`` (the method before issue #12) the previous top vector plus an
+    equally weighted random one. Returns ``(λ_max, HVPs, seconds)``."""
+    prev, lams, used, t0 = None, [], 0, time.perf_counter()
+    for step, cp in zip(h.checkpoint_steps.tolist(), h.checkpoints, strict=True):
+        seed = int(np.random.SeedSequence([0, step]).generate_state(1)[0])
+        v0 = prev
+        if method == "lanczos" and prev is not None:
+            rnd = np.random.default_rng(seed).standard_normal(prev.shape[0])
+            v0, seed = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd), 0
+        extra = {"block": block} if block else {}
+        e = lm.hessian.eigenvalues(
+            land, 1, tol=1e-4, point=cp, v0=v0, seed=seed, method=method, **extra
+        )
+        prev = lm.vectors.flatten(e.vectors[0]).double().cpu().numpy()
+        lams.append(float(e.values[0]))
+        used += e.matvecs
+    return np.array(lams), used, time.perf_counter() - t0
+
+
+def compare(land: lm.Landscape, thresholds: list[float], steps: int, every: int) -> str:
+    """Block vs single-vector Lanczos (both warm-started, ``tol=1e-4``) on the same GD
+    iterates, against a ``tol=1e-10`` block reference (block 8) at every measurement."""
+    head = (
+        "| run | method | λ_max measured | HVPs per λ_max | largest relative error | "
+        "measurements off by > 1e-4 | s per λ_max |\n|---|---|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for thr in thresholds:
+        h = gradient_descent(
+            land, lr=2 / thr, steps=steps, sharpness_every=every, checkpoint_every=every, tol=1e-4
+        )
+        print(f"2/η = {thr:g}: GD {h.seconds:.0f} s", flush=True)
+        ref = np.array(
+            [
+                float(lm.hessian.eigenvalues(land, 1, tol=1e-10, point=cp, block=8).values[0])
+                for cp in h.checkpoints
+            ]
+        )
+        print("reference:", np.round(ref, 5).tolist(), flush=True)
+        for name, method, block in (
+            ("single-vector Lanczos (before)", "lanczos", None),
+            ("block Lanczos, block 3 (after, the default)", "block", None),
+            ("block Lanczos, block 2", "block", 2),
+        ):
+            lam, mv, sec = chain(land, h, method, block)
+            err = np.abs(lam - ref) / ref
+            lines.append(
+                f"| 2/η = {thr:g} | {name} | {len(lam)} | {mv / len(lam):.1f} | {err.max():.1e} | "
+                f"{int((err > 1e-4).sum())} | {sec / len(lam):.2f} |"
+            )
+            print(lines[-1], "errors:", [f"{x:.1e}" for x in err], flush=True)
+    return head + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs, print only")
@@ -110,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1000, help="training images used")
     ap.add_argument("--out", type=Path, default=None, help="markdown file (PNG beside it)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--compare", action="store_true", help="block vs single-vector Lanczos")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     args = ap.parse_args(argv)
+    if args.compare:
+        return main_compare(args)
     steps = args.steps or (1500 if args.quick else 6000)
     every = args.every or (50 if args.quick else 40)
     out = args.out or (None if args.quick else ROOT / "results" / "edge_of_stability.md")
@@ -141,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     total = time.perf_counter() - t_all
 
-    # Warm starts (each Lanczos from the last top eigenvector plus a random vector)
-    # against random starts, at every 15th measurement of every run.
+    # Warm starts (the last top eigenvector as one column of the block) against random
+    # starts, at every 15th measurement of every run.
     diffs, cold_mv, cold_n = [], 0, 0
     for h in histories.values():
         at = dict(zip(h.sharpness_steps.tolist(), h.sharpness, strict=True))
@@ -215,7 +281,7 @@ MLP 64-64-64-10 tanh (seed 0, {land.num_parameters:,} parameters, float32), loss
 `(1/n) Σ_i ½‖f(x_i) − y_i‖²` (Cohen et al.'s scaling; `nn.MSELoss()` also averages over
 the 10 classes and drops the ½, so it is this loss / 5, and its λ_max / 5). Full-batch gradient descent from the same
 initialisation, {steps} steps per run (`lossmap.trajectory.gradient_descent`); λ_max every
-{every} steps by Lanczos (`lossmap.hessian.eigenvalues`, relative tol 1e-4). "2nd half":
+{every} steps by block Lanczos (`lossmap.hessian.eigenvalues`, relative tol 1e-4). "2nd half":
 the measurements at steps ≥ {steps // 2}. The control uses a small η whose 2/η = {CONTROL:g}
 is never reached.
 
@@ -236,11 +302,42 @@ What it shows:
 - Control (η = {2 / CONTROL:.3g}): λ_max climbs to {ctrl["final_lambda"]:.2f}, {passed}
 
 Total wall time {total:.0f} s ({sum(s["matvecs"] for _, s in rows):.0f} Hessian-vector products).
-Each λ_max after a run's first starts Lanczos from the previous top eigenvector plus an
-equally weighted random vector (`gradient_descent(warm_start=True)`, the default). {check}
+Each λ_max after a run's first starts block Lanczos from the previous top eigenvector as
+one column of the block, the others random (`gradient_descent(warm_start=True)`, the
+default). {check} Block vs single-vector Lanczos against a `tol=1e-10` reference:
+`--compare`, [edge_of_stability_block.md](edge_of_stability_block.md).
 """
     out.write_text(doc)
     print(f"wrote {out} and {png}")
+    return 0
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    steps, every = args.steps or 6000, args.every or 200
+    torch.set_num_threads(args.threads)
+    model, x, y = problem(args.samples)
+    land = lm.Landscape(model, HalfSquaredError(), data=(x, y))
+    print(f"{land}; {steps} steps, λ_max every {every}", flush=True)
+    t0 = time.perf_counter()
+    text = compare(land, args.thresholds, steps, every)
+    total = time.perf_counter() - t0
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+    out = args.out or ROOT / "results" / "edge_of_stability_block.md"
+    out.write_text(
+        f"""# Edge of stability: block vs single-vector Lanczos (issue #12)
+
+Generated by `python benchmarks/edge_of_stability.py --compare --thresholds
+{" ".join(f"{t:g}" for t in args.thresholds)} --steps {steps} --every {every}` on
+{datetime.date.today().isoformat()}: the problem of `edge_of_stability.md` ({args.samples}
+digits, MLP 64-64-64-10 tanh, {land.num_parameters:,} parameters), one GD run per 2/η, λ_max
+every {every} steps by both methods on the same iterates (warm-started as
+`gradient_descent` does), each against a `tol=1e-10` block-Lanczos reference (block 8).
+Machine: {os.cpu_count()} CPUs shared with other jobs, load average {load} at the end;
+wall {total:.0f} s (times per λ_max are only comparable within a row pair).
+
+{text}"""
+    )
+    print(f"wrote {out}")
     return 0
 
 

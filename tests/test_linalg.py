@@ -121,6 +121,24 @@ def test_lanczos_stops_on_an_invariant_subspace() -> None:
     np.testing.assert_allclose(vals, [3.0, 2.0], rtol=1e-12)
 
 
+def test_block_lanczos_stops_on_an_invariant_subspace() -> None:
+    """A rank-3 operator: the first block of 3 and its image span the range; the next
+    residual block is zero, and the Ritz values are exact."""
+    U, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((50, 3)))
+    A = U @ np.diag([3.0, -1.0, 2.0]) @ U.T
+    res = L.block_lanczos(lambda X: A @ X, 50, k=2, which="LM", tol=1e-12, block=3)
+    assert res.converged and res.matvecs <= 6
+    np.testing.assert_allclose(res.values, [3.0, 2.0], rtol=1e-12)
+
+
+def test_block_lanczos_caps_its_products() -> None:
+    """``max_iter`` caps the products (the last block narrower to fit); not converged."""
+    A = np.diag(np.linspace(1.0, 1.0001, 300))
+    res = L.block_lanczos(lambda X: A @ X, 300, k=1, tol=1e-14, max_iter=10)
+    assert res.matvecs == 10 and not res.converged
+    assert 1.0 <= res.values[0] <= 1.0001
+
+
 def test_power_iteration_matches_eigvalsh() -> None:
     """Well separated top eigenvalues (ratio 1/2): power iteration converges fast."""
     eigs = 8 * 0.5 ** np.arange(30)
@@ -135,10 +153,16 @@ def test_power_iteration_matches_eigvalsh() -> None:
 
 def test_hessian_wrappers_on_an_operator_equal_the_linalg_functions(decaying) -> None:
     op = aslinearoperator(decaying)
-    e = H.eigenvalues(op, 2, seed=4)
+    e = H.eigenvalues(op, 2, seed=4, method="lanczos")
     vals, _, resid, m, ok = L.lanczos(lambda x: decaying @ x, N, k=2, seed=4)
     assert e.values.tobytes() == vals.tobytes() and e.residuals.tobytes() == resid.tobytes()
     assert e.matvecs == m and e.converged == ok
+    b = H.eigenvalues(op, 2, seed=4)  # the default: block Lanczos, block k + 2
+    res = L.block_lanczos(lambda X: decaying @ X, N, k=2, seed=4)
+    assert b.values.tobytes() == res.values.tobytes()
+    assert b.residuals.tobytes() == res.residuals.tobytes()
+    assert b.matvecs == res.matvecs and b.converged == res.converged
+    assert b.meta["method"] == "block" and b.meta["block"] == res.block == 4
     p = H.power_iteration(op, 1, seed=4)
     pv, *_ = L.power_iteration(lambda x: decaying @ x, N, seed=4)
     assert p.values.tobytes() == pv.tobytes()

@@ -8,8 +8,9 @@ them, and return eigenvectors as parameter dicts.
 
 - :class:`HessianOperator`: a :class:`scipy.sparse.linalg.LinearOperator` over the
   flattened trainable parameters (float64 in, float64 out), with a torch method too.
-- :func:`eigenvalues`: Lanczos with full reorthogonalisation, stopped as soon as the
-  wanted Ritz values are certified to ``tol`` (:func:`lossmap.linalg.lanczos`).
+- :func:`eigenvalues`: block Lanczos from a random block (the top of a cluster of close
+  eigenvalues is not missed), stopped when the wanted Ritz pairs' residuals are within
+  ``tol`` (:func:`lossmap.linalg.block_lanczos`); single-vector Lanczos on request.
 - :func:`power_iteration`: the textbook method with deflation (as in PyHessian, Yao et
   al. 2020), for comparison and teaching (:func:`lossmap.linalg.power_iteration`).
 - :func:`trace`: Hutchinson (1989), Hutch++ (Meyer et al. 2021) and XTrace (Epperly et
@@ -50,7 +51,10 @@ from lossmap.hvp import HessianVectorProduct
 from lossmap.landscape import Landscape
 from lossmap.linalg import (
     Trace,
+    as_matmat,
     as_matvec,
+    block_lanczos,
+    block_size,
     hutchinson,
     hutchpp,
     lanczos,
@@ -253,25 +257,70 @@ def _as_dicts(op: LinearOperator | np.ndarray, vecs: np.ndarray) -> list[V.Vecto
 
 
 def _start_vector(
-    v0: Mapping[str, Tensor] | np.ndarray | None, op: LinearOperator | np.ndarray, n: int
+    v0: Mapping[str, Tensor] | np.ndarray | list[Any] | None,
+    op: LinearOperator | np.ndarray,
+    n: int,
 ) -> np.ndarray | None:
-    """``v0`` as a flat float64 ``[n]`` array (from a parameter dict or an array)."""
+    """``v0`` as a float64 ``[n, m]`` array of start vectors: from a parameter dict, a
+    flat ``[n]`` array, an ``[n, m]`` array, or a list of dicts / flat arrays."""
     if v0 is None:
         return None
+    if isinstance(v0, (list, tuple)):
+        if not v0:
+            raise ValueError("v0 is an empty list; pass None for a random start")
+        cols = [_start_vector(v, op, n) for v in v0]
+        return np.concatenate([c for c in cols if c is not None], axis=1)
     if isinstance(v0, np.ndarray):
-        start = np.asarray(v0, dtype=np.float64).reshape(-1)
+        start = np.asarray(v0, dtype=np.float64)
+        start = start.reshape(-1, 1) if start.ndim == 1 else start
     else:
         like = op.point if isinstance(op, HessianOperator) else None
         if like is None:
             raise TypeError("v0 as a parameter dict needs a Landscape or a HessianOperator")
         v = V.check_vector(v0, like, name="v0")
-        start = V.flatten({k: v[k] for k in like}).double().cpu().numpy()
-    if start.shape != (n,) or not np.all(np.isfinite(start)) or not np.any(start):
-        raise ValueError(f"v0 must be a finite, non-zero vector of {n:,} entries")
+        start = V.flatten({k: v[k] for k in like}).double().cpu().numpy().reshape(-1, 1)
+    if (
+        start.ndim != 2
+        or start.shape[0] != n
+        or not np.all(np.isfinite(start))
+        or not np.all(np.any(start, axis=0))
+    ):
+        raise ValueError(
+            f"v0 must be a finite, non-zero vector of {n:,} entries (or an [n, m] array of "
+            f"them), got shape {start.shape}"
+        )
     return start
 
 
 # ----------------------------------------------------------------- eigenvalues
+_EIGEN_METHODS = ("block", "lanczos")
+"""The methods of :func:`eigenvalues`: block Lanczos (the default) and single-vector
+Lanczos."""
+
+
+def _solve(
+    op: LinearOperator | np.ndarray, n: int, start: np.ndarray | None, **kw: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, int, dict[str, Any]]:
+    """:func:`eigenvalues`' solver: ``(values, vectors, residuals, converged, products,
+    meta)``; ``kw`` holds ``k``, ``which``, ``tol``, ``max_iter``, ``seed``, ``block``."""
+    calls = 0
+    block, mv, mm = kw.pop("block"), as_matvec(op)[0], as_matmat(op)[0]
+
+    def counted(X: np.ndarray) -> np.ndarray:  # a vector [n] or a block [n, p]
+        nonlocal calls
+        calls += 1 if X.ndim == 1 else X.shape[1]
+        return mv(X) if X.ndim == 1 else mm(X)
+
+    if block is None:  # method="lanczos"
+        vals, vecs, resid, _, ok = lanczos(
+            counted, n, v0=None if start is None else start[:, 0], **kw
+        )
+        return vals, vecs, resid, ok, calls, {}
+    res = block_lanczos(counted, n, block=block, v0=start, **kw)
+    meta = {"block": res.block, "error_bounds": res.bounds.tolist()}
+    return res.values, res.vectors, res.residuals, res.converged, calls, meta
+
+
 @single_blas_thread
 def eigenvalues(
     land: Landscape | LinearOperator,
@@ -282,51 +331,71 @@ def eigenvalues(
     max_iter: int | None = None,
     seed: int = 0,
     point: Mapping[str, Tensor] | None = None,
-    v0: Mapping[str, Tensor] | np.ndarray | None = None,
+    v0: Mapping[str, Tensor] | np.ndarray | list[Any] | None = None,
+    method: str = "block",
+    block: int | None = None,
 ) -> Eigen:
-    """The ``k`` extreme Hessian eigenvalues by Lanczos (see :func:`lanczos`).
+    """The ``k`` extreme Hessian eigenvalues by block Lanczos (see
+    :func:`lossmap.linalg.block_lanczos`).
+
+    ``method="block"`` (the default): a block of ``block`` vectors (default ``k + 2``),
+    the warm-start vectors ``v0`` and Gaussian ones drawn from ``seed`` (at least
+    one), ``block`` HVPs per step in one batched backward pass. ``converged`` means
+    (precisely in :func:`lossmap.linalg.block_lanczos`): each value is within
+    ``residuals[i]`` of a distinct eigenvalue (certified); with high probability over
+    the random columns, when the cluster at the wanted end is at most ``block`` wide
+    (Musco & Musco 2015; not certified), no eigenvalue was missed, and then each
+    value is within ``meta["error_bounds"][i] <= tol * |value|`` of the eigenvalue of
+    its rank. Single-vector Lanczos can converge to the second eigenvalue of a
+    cluster and certify it (measured at the edge of stability, README).
+
+    ``method="lanczos"``: single-vector Lanczos (:func:`lanczos`), for comparison:
+    its ``converged`` certifies eigenvalues by a Kato–Temple bound whose gap is the
+    distance to the next Ritz value, not to the next eigenvalue, so it can certify
+    the wrong one inside a cluster.
 
     Args:
         land: a Landscape (its Hessian at ``point`` / θ0) or a LinearOperator.
         k: how many eigenvalues.
         which: ``"LA"`` largest (sharpest), ``"SA"`` smallest (most negative: saddles),
             ``"LM"`` largest magnitude.
-        tol: relative accuracy of the eigenvalues (certified by residual bounds).
-        max_iter: cap on Lanczos steps (HVPs).
-        seed: start vector (when ``v0`` is not given).
-        v0: start vector, a parameter dict or a flat array (e.g. the previous top
-            eigenvector when tracking λ_max along training: far fewer HVPs). Lanczos
-            certifies that what it returns are eigenvalues, not that no larger one
-            exists: a start nearly orthogonal to the top eigenvector can miss it. Blend
-            an old vector with a random one (as
-            :func:`lossmap.trajectory.gradient_descent` does) rather than reuse it alone.
+        tol: relative accuracy of the eigenvalues.
+        max_iter: cap on HVPs.
+        seed: the random start vectors.
+        point: where (θ0 by default), for a Landscape.
+        v0: warm start: a parameter dict or a flat array, an ``[n, m]`` array or a list
+            of them (e.g. the previous top eigenvectors when tracking λ_max along
+            training: far fewer HVPs). For ``"block"`` at most ``block - 1`` vectors;
+            for ``"lanczos"`` one.
+        method: ``"block"`` or ``"lanczos"``.
+        block: the block size (``>= k``; ``"block"`` only).
 
     Returns:
         :class:`Eigen` with ``values`` sorted as asked (descending for LA/LM,
         ascending for SA), ``vectors`` as unit-norm parameter dicts, ``matvecs``,
-        ``residuals`` ``||Hv - λv||``.
+        ``residuals`` ``||Hv - λv||``; ``meta`` holds ``tol``, ``method`` and (block)
+        ``block`` and ``error_bounds``.
     """
     op = _operator(land, point)
     n = int(op.shape[0])
     if not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of parameters ({n:,}), got {k!r}")
-    before = getattr(op, "matvecs", 0)
-    mv, _ = as_matvec(op)
-    calls = 0
-
-    def counted(x: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += 1
-        return mv(x)
-
+    if method not in _EIGEN_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(_EIGEN_METHODS)}")
+    if block is not None and method != "block":
+        raise ValueError("block= is for method='block'; drop it or use method='block'")
     start = _start_vector(v0, op, n)
-    vals, vecs, resid, _, ok = lanczos(
-        counted, n, k=k, which=which, tol=tol, max_iter=max_iter, v0=start, seed=seed
-    )
+    if method == "lanczos" and start is not None and start.shape[1] != 1:
+        raise ValueError(
+            f"method='lanczos' takes one start vector, got {start.shape[1]}; use method='block'"
+        )
+    before = getattr(op, "matvecs", 0)
+    kw = {"k": k, "which": which, "tol": tol, "max_iter": max_iter, "seed": seed}
+    p = None if method == "lanczos" else (block_size(k) if block is None else block)
+    vals, vecs, resid, ok, calls, meta = _solve(op, n, start, block=p, **kw)
+    meta = {"tol": tol, "method": method} | meta
     used = getattr(op, "matvecs", before + calls) - before
-    return Eigen(
-        vals, _as_dicts(op, vecs), int(used), resid, ok, which, {"tol": tol, "method": "lanczos"}
-    )
+    return Eigen(vals, _as_dicts(op, vecs), int(used), resid, ok, which, meta)
 
 
 @single_blas_thread

@@ -5,8 +5,8 @@
   on the final point, with the path projected onto it. Draw it with
   :func:`lossmap.plot.trajectory`.
 - :func:`gradient_descent`: full-batch gradient descent on a landscape's exact loss,
-  recording the loss every step, the sharpness λ_max (top Hessian eigenvalue, Lanczos)
-  every few steps, and checkpoints: the measurement behind Cohen et al. 2021, "Gradient
+  recording the loss every step, the sharpness λ_max (top Hessian eigenvalue, block
+  Lanczos) every few steps, and checkpoints: the measurement behind Cohen et al. 2021, "Gradient
   Descent on Neural Networks Typically Occurs at the Edge of Stability" (ICLR), where
   λ_max rises until it hovers at 2/η. Draw it with :func:`lossmap.plot.sharpness_history`.
 - :func:`snapshot`: a detached copy of a model's trainable parameters (a checkpoint).
@@ -225,8 +225,10 @@ def _loss_and_grad(land: Landscape, point: V.Vector) -> tuple[float, V.Vector]:
 
 
 def _check_gd_arguments(
-    lr: object, steps: object, sharpness_every: object, checkpoint_every: object
+    lr: object, steps: object, sharpness_every: object, checkpoint_every: object, method: object
 ) -> None:
+    if method not in ("block", "lanczos"):
+        raise ValueError(f"method must be 'block' or 'lanczos', got {method!r}")
     if not (isinstance(lr, int | float) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not isinstance(steps, int) or steps < 0:
@@ -242,15 +244,26 @@ def _check_gd_arguments(
 
 
 def _sharpness(
-    land: Landscape, theta: V.Vector, prev: np.ndarray | None, *, tol: float, seed: int, step: int
+    land: Landscape,
+    theta: V.Vector,
+    prev: np.ndarray | None,
+    *,
+    tol: float,
+    seed: int,
+    step: int,
+    method: str,
 ) -> Eigen:
-    """λ_max at θ_t by Lanczos, started (warm) from the previous top eigenvector plus
-    an equally weighted random unit vector seeded by ``(seed, step)``."""
-    v0 = None
-    if prev is not None:
-        rnd = np.random.default_rng([seed, step]).standard_normal(prev.shape[0])
-        v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
-    return eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0)
+    """λ_max at θ_t (:func:`lossmap.hessian.eigenvalues`), warm-started from the
+    previous top eigenvector ``prev``; the random part is seeded by ``(seed, step)``.
+
+    ``"block"``: ``prev`` is one column of the block, the others are random.
+    ``"lanczos"``: the start is ``prev`` plus an equally weighted random unit vector."""
+    rng_seed = int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+    if method == "block" or prev is None:
+        return eigenvalues(land, 1, tol=tol, seed=rng_seed, point=theta, v0=prev, method=method)
+    rnd = np.random.default_rng(rng_seed).standard_normal(prev.shape[0])
+    v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
+    return eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0, method=method)
 
 
 def gradient_descent(
@@ -265,11 +278,12 @@ def gradient_descent(
     stop_loss: float | None = None,
     callback: Callable[[int, float, float | None], None] | None = None,
     warm_start: bool = True,
+    method: str = "block",
 ) -> SharpnessHistory:
     """Full-batch gradient descent from θ0, recording the loss and the sharpness λ_max.
 
     ``θ_{t+1} = θ_t − η ∇L(θ_t)`` on the landscape's exact data-set mean loss (its
-    default data set), with λ_max(θ_t) = the top Hessian eigenvalue by Lanczos
+    default data set), with λ_max(θ_t) = the top Hessian eigenvalue by block Lanczos
     (:func:`lossmap.hessian.eigenvalues`, ``tol`` relative) every ``sharpness_every``
     steps and at the last step. GD on a quadratic with curvature λ diverges along that
     eigenvector when λ > 2/η; Cohen et al. 2021 observe that on neural networks λ_max
@@ -284,21 +298,22 @@ def gradient_descent(
         sharpness_every: measure λ_max every this many steps (0: never).
         checkpoint_every: keep θ_t every this many steps (and the last); ``None``: none.
         tol: relative accuracy of each λ_max.
-        seed: Lanczos start vector seed.
+        seed: seeds the random start vectors.
         stop_loss: stop early once the loss is below this value (or is not finite).
         callback: ``callback(step, loss, lambda_max or None)`` after each step's
             measurements (e.g. progress printing).
-        warm_start: start each Lanczos after the first from the previous top
-            eigenvector plus an equally weighted random unit vector (seeded by ``seed``
-            and the step). The top eigenvector moves little between measurements, so
-            this takes a fraction of the HVPs of a random start; the random half keeps
-            the top eigenvalue within reach when the top two swap, where a start on
-            the old vector alone would converge to the second.
+        warm_start: start each measurement after the first from the previous top
+            eigenvector: one column of the block, the others random (seeded by
+            ``seed`` and the step). Fewer HVPs than random blocks; the random columns
+            keep the top eigenvalue within reach when the top two swap.
+        method: ``"block"`` (the default) or ``"lanczos"`` (single-vector, from the
+            previous top vector plus an equally weighted random one; for comparison:
+            it can return the second of a cluster, :func:`lossmap.hessian.eigenvalues`).
 
     Returns:
         :class:`SharpnessHistory`.
     """
-    _check_gd_arguments(lr, steps, sharpness_every, checkpoint_every)
+    _check_gd_arguments(lr, steps, sharpness_every, checkpoint_every, method)
     theta = land.point()
     losses: list[float] = []
     lam_steps: list[int] = []
@@ -314,7 +329,8 @@ def gradient_descent(
         last = t == steps or not np.isfinite(loss) or (stop_loss is not None and loss < stop_loss)
         lam: float | None = None
         if sharpness_every and (t % sharpness_every == 0 or last) and np.isfinite(loss):
-            eig = _sharpness(land, theta, prev if warm_start else None, tol=tol, seed=seed, step=t)
+            start = prev if warm_start else None
+            eig = _sharpness(land, theta, start, tol=tol, seed=seed, step=t, method=method)
             if eig.vectors:
                 prev = V.flatten(eig.vectors[0]).double().cpu().numpy()
             lam = float(eig.values[0])
@@ -343,5 +359,6 @@ def gradient_descent(
             "seed": seed,
             "sharpness_every": sharpness_every,
             "warm_start": warm_start,
+            "method": method,
         },
     )
