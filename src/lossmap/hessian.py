@@ -274,7 +274,7 @@ def _start_vector(
         start = np.asarray(v0, dtype=np.float64)
         start = start.reshape(-1, 1) if start.ndim == 1 else start
     else:
-        like = op.point if isinstance(op, HessianOperator) else None
+        like = op.point if isinstance(op, CurvatureOperator) else None
         if like is None:
             raise TypeError("v0 as a parameter dict needs a Landscape or a HessianOperator")
         v = V.check_vector(v0, like, name="v0")
