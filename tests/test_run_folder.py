@@ -17,8 +17,9 @@ from lossmap.cli._common import CURRENT_RUN
 from lossmap.cli._run import RunFolder
 
 # Commands that write no run folder: they read one (status, rerun: which repeats a
-# command that does) or re-draw figures next to a result (plot).
-NOT_RUN_FOLDERS = {"plot", "status", "rerun"}
+# command that does; report: a page of run folders) or re-draw figures next to a
+# result (plot).
+NOT_RUN_FOLDERS = {"plot", "status", "rerun", "report"}
 
 
 def _checkpoints(tmp_path: Path, n: int) -> list[str]:
