@@ -59,7 +59,9 @@ SCRIPT = r"""
           const [i, j] = f.theta0_index;
           Plotly.restyle(div, { z: [[z[j][i]]] }, [1]);
         }
-        Plotly.relayout(div, { "scene.zaxis.title.text": t, "title.text": f.title + t });
+        const lay = { "scene.zaxis.title.text": t, "title.text": f.title + t };
+        if (lo !== null) lay["scene.zaxis.range"] = [lo, hi];
+        Plotly.relayout(div, lay);
       } else {
         Plotly.restyle(div, { z: [z], zmin: lo, zmax: hi, name: t, "colorbar.title.text": t }, [0]);
         Plotly.relayout(div, { "title.text": f.title + t });

@@ -94,7 +94,7 @@ def _layout(title: str, **more: Any) -> dict[str, Any]:
     return {
         "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
         "font": _FONT,
-        "margin": {"l": 70, "r": 20, "t": 50, "b": 60},
+        "margin": {"l": 90, "r": 20, "t": 50, "b": 60},
         "height": 440,
         "paper_bgcolor": "white",
         "plot_bgcolor": "white",
@@ -204,8 +204,12 @@ def _surface3d(
         # short titles: long ones are cut at the scene's edge (the contour spells them out)
         "xaxis": {"title": {"text": "α"}},
         "yaxis": {"title": {"text": "β"}},
-        "zaxis": {"title": {"text": stat_title(key, log)}},
-        "camera": {"eye": {"x": 1.5, "y": -1.5, "z": 1.0}},
+        # the runs compared on one z range, as on one colour scale
+        "zaxis": {
+            "title": {"text": stat_title(key, log)},
+            **({"range": [lo, hi]} if lo is not None else {}),
+        },
+        "camera": {"eye": {"x": 1.65, "y": -1.65, "z": 1.05}},
         "aspectmode": "cube",
     }
     layout = _layout(title + stat_title(key, log), scene=scene, showlegend=False, height=480)
@@ -257,7 +261,11 @@ def _contour(
             "title": {"text": axis_label(s, 0)},
             "range": [float(s.alpha[0]), float(s.alpha[-1])],
         },
-        yaxis={"title": {"text": axis_label(s, 1)}, "range": [float(s.beta[0]), float(s.beta[-1])]},
+        # a vertical title in two lines: one is longer than the plot is high
+        yaxis={
+            "title": {"text": axis_label(s, 1).replace(", ", ",<br>", 1)},
+            "range": [float(s.beta[0]), float(s.beta[-1])],
+        },
         legend={"orientation": "h", "y": -0.18},
         height=480,
     )
@@ -326,7 +334,11 @@ def curve_group(
     layout = _layout(
         f"{name}: {_curve_title(first)}",
         xaxis={"title": {"text": axis_label(first, 0)}, "zeroline": False},
-        yaxis={"title": {"text": "loss"}, "type": "log" if log else "linear"},
+        yaxis={
+            "title": {"text": "loss"},
+            "type": "log" if log else "linear",
+            "exponentformat": "power",
+        },
         yaxis2={
             "title": {"text": "accuracy"},
             "overlaying": "y",
@@ -391,7 +403,12 @@ def spectrum_group(runs: list[Run], group: str) -> tuple[dict[str, Any], list[di
     layout = _layout(
         "Hessian eigenvalue density (stochastic Lanczos quadrature)",
         xaxis={"title": {"text": "eigenvalue λ"}, "zeroline": False},
-        yaxis={"title": {"text": "density"}, "type": "log", "range": logrange},
+        yaxis={
+            "title": {"text": "density"},
+            "type": "log",
+            "range": logrange,
+            "exponentformat": "power",
+        },
         legend={"orientation": "h", "y": -0.2},
     )
     fig: dict[str, Any] = {"id": f"{group}-0", "kind": "spectrum", "group": group}
