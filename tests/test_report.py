@@ -241,6 +241,40 @@ def test_a_failed_report_keeps_the_results(
     assert not (out / "report.html").exists() and "report:" not in stdout
 
 
+def test_trajectory_and_paths_in_their_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lossmap trajectory`: the path is drawn over the contours at its recorded PCA
+    coordinates; `lossmap connect`: the barrier table holds each path's barrier."""
+    import torch
+
+    model = lm.examples.linear_regression().model
+    cps = []
+    for i in range(3):
+        g = torch.Generator().manual_seed(i)
+        sd = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+        cps.append(str(tmp_path / f"c{i}.pt"))
+        torch.save(sd, cps[-1])
+    out = tmp_path / "traj"
+    args = ["trajectory", *cps, "--example", "linear", "--steps", "5", "--out", str(out)]
+    assert run_cli(args, capsys)[0] == 0
+    surf = lm.load(out / "surface.h5")
+    contour = next(f for f in _spec(out / "report.html")["figures"] if f["kind"] == "contour")
+    path = next(t for t in contour["data"] if t["name"] == "training trajectory")
+    coords = np.asarray(surf.meta["trajectory"]["coords"])
+    assert (path["x"], path["y"]) == (coords[:, 0].tolist(), coords[:, 1].tolist())
+    out = tmp_path / "connect"
+    args = ["connect", cps[0], cps[1], "--example", "linear", "--steps", "5", "--epochs", "1"]
+    assert run_cli([*args, "--out", str(out)], capsys)[0] == 0
+    text = (out / "report.html").read_text(encoding="utf-8")
+    table = re.search(r'<table class="barrier">(.*?)</table>', text, re.S)
+    assert table
+    for name in ("path", "curve"):
+        barrier = lm.load(out / f"{name}.h5").meta["barrier"]["train/loss"]["height"]
+        row = f'<td>{name}</td><td>train loss</td><td><span class="v">{barrier:.4g}</span>'
+        assert row in table.group(1), name
+
+
 # ------------------------------------------------------------------ the browser
 def _browser() -> tuple[str, str]:
     """Debian's chromium and chromedriver, or a skip saying what is missing."""

@@ -212,7 +212,7 @@ def _surface3d(
         "camera": {"eye": {"x": 1.65, "y": -1.65, "z": 1.05}},
         "aspectmode": "cube",
     }
-    layout = _layout(title + stat_title(key, log), scene=scene, showlegend=False, height=480)
+    layout = _layout(title + stat_title(key, log), scene=scene, showlegend=False, height=500)
     return {"data": data, "layout": layout}
 
 
@@ -266,8 +266,10 @@ def _contour(
             "title": {"text": axis_label(s, 1).replace(", ", ",<br>", 1)},
             "range": [float(s.beta[0]), float(s.beta[-1])],
         },
-        legend={"orientation": "h", "y": -0.18},
-        height=480,
+        # the legend below the axis title, inside the figure (a wider bottom margin)
+        legend={"orientation": "h", "x": 0.0, "y": -0.16, "yanchor": "top"},
+        margin={"l": 90, "r": 20, "t": 50, "b": 100},
+        height=500,
     )
     return {"data": data, "layout": layout}
 

@@ -21,7 +21,10 @@ FRANKLE = (
     "Frankle, Dziugaite, Roy, Carbin 2020, Linear Mode Connectivity and the Lottery Ticket "
     "Hypothesis (ICML)"
 )
-DRAXLER = "Draxler, Veschgini, Salmhofer, Hamprecht 2018, Essentially No Barriers in Neural Network Energy Landscape (ICML)"
+ENTEZARI = (
+    "Entezari, Sedghi, Saukh, Neyshabur 2022, The Role of Permutation Invariance in Linear "
+    "Mode Connectivity of Neural Networks (ICLR)"
+)
 
 SHARPNESS: dict[str, tuple[str, str]] = {
     "lambda_max": ("λ_max: the largest eigenvalue of the Hessian of the loss at θ0", COHEN),
@@ -137,34 +140,43 @@ def sharpness_table(runs: list[Run]) -> str:
     return table(["metric", "definition and source", *_run_heads(with_rows)], rows, "sharp")
 
 
+def _barriers(b: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, barrier)`` for each statistic of a path's ``meta["barrier"]``; a fitted
+    curve's holds the curve's and the straight line's, one level down."""
+    out = []
+    for key, v in b.items():
+        if isinstance(v, dict) and "height" in v:
+            out.append((key.replace("/", " "), v))
+        elif isinstance(v, dict):
+            out += [(f"{k} ({key})", w) for k, w in _barriers(v)]
+    return out
+
+
 def barrier_table(runs: list[Run]) -> str:
     """The loss barrier along each path (straight or fitted curve) of every run: the
-    highest rise over the endpoints' mean (Draxler et al. 2018) and over the straight
-    line between them (Frankle et al. 2020)."""
+    largest excess over the chord between the endpoints (Entezari et al. 2022) and over
+    the endpoints' mean (Frankle et al. 2020)."""
     rows = []
     for r in runs:
         for name, res in r.results.items():
             b = res.meta.get("barrier") if isinstance(res, Curve) else None
-            if not isinstance(b, dict):
-                continue
-            for key, v in b.items():
-                if not isinstance(v, dict):
-                    continue
+            for label, v in _barriers(b) if isinstance(b, dict) else []:
                 rows.append(
                     [
                         esc(r.name),
                         esc(name),
-                        esc(key.replace("/", " ")),
+                        esc(label),
                         f'<span class="v">{num(v.get("height"))}</span>',
                         num(v.get("height_frankle")),
-                        num(v.get("t_max", v.get("argmax"))),
+                        num(v.get("t_max")),
+                        f"{num(v.get('start'))} → {num(v.get('end'))}",
                     ]
                 )
-    head = ["run", "path", "statistic", "barrier (Draxler)", "barrier (Frankle)", "at t"]
+    head = ["run", "path", "statistic", "barrier", "barrier (Frankle)", "at t", "L(0) → L(1)"]
     note = (
-        f'<p class="cite">Barrier: max over the path of L − the endpoints\' mean '
-        f"({esc(DRAXLER)}); Frankle: max of L − the straight interpolation of the "
-        f"endpoints' losses ({esc(FRANKLE)}).</p>"
+        "<p class='cite'>Barrier: max over t of L(t) − ((1 − t) L(0) + t L(1)), the excess "
+        f"over the chord ({esc(ENTEZARI)}); Frankle: max L(t) − (L(0) + L(1)) / 2 "
+        f"({esc(FRANKLE)}). Accuracies are reported as errors (1 − accuracy).</p>"
     )
     return table(head, rows, "barrier") + note
 
