@@ -149,7 +149,8 @@ def test_run_folder_order_and_interruption(
         "files",
     ]
     assert record["run_id"] == CURRENT_RUN["run_id"] and record["argv"] == ["line"]
-    assert capsys.readouterr().out == "done\n"
+    # the report's path (report.html, written before run.json), then the summary
+    assert capsys.readouterr().out == f"  report: {tmp_path / 'a' / 'report.html'}\ndone\n"
 
     args = {"out": tmp_path / "b", "restart": False}
     opened: list[Any] = []
