@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lossmap.slices", "lossmap.sharpness"),
     ("lossmap.trajectory", "lossmap.connect"),
     ("lossmap.plot", "lossmap.track"),
+    ("lossmap.report",),  # the run's HTML page, over the figures' style
     ("lossmap",),  # the package's __init__: the public API, re-exported
     ("lossmap.cli",),  # the command uses the public API
     ("lossmap.__main__",),

@@ -17,8 +17,9 @@ from lossmap.cli._common import CURRENT_RUN
 from lossmap.cli._run import RunFolder
 
 # Commands that write no run folder: they read one (status, rerun: which repeats a
-# command that does), re-draw figures next to a result (plot) or convert one (export).
-NOT_RUN_FOLDERS = {"plot", "status", "rerun", "export"}
+# command that does; report: a page of run folders), re-draw figures next to a result
+# (plot) or convert one (export).
+NOT_RUN_FOLDERS = {"plot", "status", "rerun", "export", "report"}
 
 
 def _checkpoints(tmp_path: Path, n: int) -> list[str]:
@@ -148,7 +149,8 @@ def test_run_folder_order_and_interruption(
         "files",
     ]
     assert record["run_id"] == CURRENT_RUN["run_id"] and record["argv"] == ["line"]
-    assert capsys.readouterr().out == "done\n"
+    # the report's path (report.html, written before run.json), then the summary
+    assert capsys.readouterr().out == f"  report: {tmp_path / 'a' / 'report.html'}\ndone\n"
 
     args = {"out": tmp_path / "b", "restart": False}
     opened: list[Any] = []

@@ -1,14 +1,14 @@
 """The ``lossmap`` command: parse, build a Landscape, call the library, write a run folder.
 
-A run folder holds the result files (``.h5``, ``.csv``), figures (``.png``, ``.pdf``)
-and ``run.json`` (arguments, versions, seed, timings, summary).
+A run folder holds the result files (``.h5``, ``.csv``), figures (``.png``, ``.pdf``),
+``report.html`` and ``run.json`` (arguments, versions, seed, timings, summary).
 
 One module per command (``slices``: line, plane, interpolate; ``connect``;
 ``trajectory``; ``sharpness``; ``hessian``; ``plot``; ``demo``; ``runs``: status,
-rerun) around ``_common`` (the app, options, shared helpers), ``_run`` (the run
-folder: one context manager, ``RunFolder``, that every command writing one goes
-through) and ``_load`` (models and checkpoints); :func:`main` turns every failure into
-one line and an exit status.
+rerun; ``report``: the HTML page of run folders) around ``_common`` (the app, options,
+shared helpers), ``_run`` (the run folder: one context manager, ``RunFolder``, that
+every command writing one goes through) and ``_load`` (models and checkpoints);
+:func:`main` turns every failure into one line and an exit status.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from lossmap.distributed import RankFailure
 from lossmap.cli import slices, connect, trajectory, sharpness, hessian  # noqa: F401
 from lossmap.cli import plot, demo, runs  # noqa: F401
 from lossmap.cli import export  # noqa: F401
+from lossmap.cli import report  # noqa: F401
 
 # isort: on
 

@@ -11,11 +11,13 @@ The order of a run, and what an interruption leaves:
    resumes from there;
 3. each result is written as soon as it is ready, every file atomically (a temporary
    renamed into place: a run killed mid-write leaves no half file under a result's name);
-4. ``run.json`` is written last, on a normal exit only: it names the journal's run id
+4. ``report.html`` (:mod:`lossmap.report`), on a normal exit only, from the files
+   written (a failure to write it is a warning: the results stay);
+5. ``run.json`` is written last, on a normal exit only: it names the journal's run id
    and every file, which is how ``lossmap status`` tells a complete run from one killed
    while writing its results, and the run's peak memory on its device
    (:func:`lossmap.devices.peak_memory`);
-5. the summary is echoed.
+6. the summary is echoed, with the report's path.
 
 An exception anywhere (a :class:`~lossmap.cli._common.CliError`, an interruption, a
 bug) writes nothing more and reaches :func:`lossmap.cli.main`, which reports it in one
@@ -184,9 +186,30 @@ class RunFolder:
                 for k, r in self.results.items()
             }
         record.update(self._fields)
+        written = sorted(str(f.relative_to(self.out)) for f in self.files)
+        self._write_report({**record, "files": written, **self._after_files})
         record["files"] = sorted(str(f.relative_to(self.out)) for f in self.files)
         record.update(self._after_files)
         write_json(self.out / "run.json", record)
+
+    def _write_report(self, record: dict[str, Any]) -> None:
+        """``report.html`` (:func:`lossmap.report.write`), from the files written and what
+        run.json will say; listed in run.json and named in the summary. A failure loses
+        no result: it is one line of warning."""
+        from lossmap import report
+        from lossmap.results import jsonable
+
+        try:
+            path = report.write(self.out, record=jsonable(record))
+        except Exception as e:
+            self._warnings.append(
+                f"warning: report.html was not written ({type(e).__name__}: {e}); the results "
+                f"are saved: run `lossmap report {self.out}` to try again"
+            )
+            return
+        self.files.append(path)
+        # before the last line (where the commands say where they wrote)
+        self.summary.insert(max(0, len(self.summary) - 1), f"  report: {path}")
 
 
 def _loss_key(result: Any) -> str:
