@@ -140,6 +140,7 @@ GPT_VOCAB, GPT_T = 37, 8
 def _gpt2(attn: str | None = None) -> nn.Module:
     """GPT-2 from a config (no download): 2 layers, 2 heads, width 32, seeded, no dropout."""
     transformers = pytest.importorskip("transformers")
+    extra = {} if attn is None else {"attn_implementation": attn}
     config = transformers.GPT2Config(
         n_layer=2,
         n_head=2,
@@ -151,9 +152,8 @@ def _gpt2(attn: str | None = None) -> nn.Module:
         attn_pdrop=0.0,
         bos_token_id=1,
         eos_token_id=1,
+        **extra,
     )
-    if attn is not None:
-        config._attn_implementation = attn
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).double()
 

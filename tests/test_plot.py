@@ -464,7 +464,9 @@ def test_spectrum_names_model_and_data_and_marks_the_top_eigenvalues() -> None:
     meta = {"model": "Sequential", "dataset": "train", "dataset_size": 1437, "top": [4.5, 3.25]}
     sp = Spectrum(grid, density, np.zeros((1, 4)), np.ones((1, 4)) / 4, 0.1, 12, meta)
     ax = plot.spectrum(sp).axes[0]
-    assert ax.get_title().startswith("Hessian eigenvalue density: Sequential on train (1,437")
+    assert ax.get_title().startswith(
+        "Hessian eigenvalue density: Sequential on train\n1,437 samples"
+    )
     marks = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert sorted(ln.get_xdata()[0] for ln in marks) == [3.25, 4.5]
     assert "λ₁ = 4.5" in ax.get_legend().get_texts()[1].get_text()

@@ -158,8 +158,7 @@ def connect(
                 "data": data_hash(land),
             }
             fit = _fit_curve(run, la, a, b, fp, args)
-            fitted = fit.to_curve("curve")
-            run.save(fitted, "curve", figures=False)
+            run.save(fitted := fit.to_curve("curve"), "curve", figures=False)
             lines.append(barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
             run.note(barrier_curve=fit.meta["barrier"]["curve"])
         run.add(_figures(run.out, line, fitted))
@@ -175,7 +174,7 @@ def _figures(out: Path, line: Any, fitted: Any) -> list[Path]:
     scales = lplot.log_scales(*([line] if fitted is None else [line, fitted]))
     files = lplot.figures(line, out, prefix="path_", log=scales)
     if fitted is not None:
-        fig = lplot.curve(fitted, logy=scales.get("loss", False), straight=line)
+        fig = lplot.curve(fitted, logy=scales.get("loss"), straight=line)
         try:
             files += lplot.save(fig, out / f"{fitted.meta['path']}_curve")
         finally:

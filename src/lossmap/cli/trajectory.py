@@ -121,7 +121,7 @@ def trajectory_cmd(
             )
         scales = lplot.log_scales(surf) if log is None else log  # one scale for all
         run.save(surf, "surface", log=scales)
-        fig = lplot.trajectory(surf, log=scales if isinstance(scales, bool) else scales["loss"])
+        fig = lplot.trajectory(surf, log=scales if isinstance(scales, bool) else scales.get("loss"))
         run.add(lplot.save(fig, run.out / "trajectory"))
         run.provenance(final)
         ev = surf.meta["trajectory"]["explained_variance_ratio"]

@@ -286,23 +286,21 @@ def spectrum(result: Spectrum, *, ax: Axes | None = None, logy: bool = True) -> 
     info = f"σ = {result.sigma:.3g}" + (
         f", {probes} probe{'' if probes == 1 else 's'}" if probes else ""
     )
-    notes = [info, *mask_notes(n_nan, 0)]
-    set_title_notes(ax, _spectrum_title(result.meta), ["; ".join(notes)])
+    title, facts = _spectrum_title(result.meta)
+    set_title_notes(ax, title, ["; ".join([*facts, info, *mask_notes(n_nan, 0)])])
     return figure_of(ax)
 
 
-def _spectrum_title(meta: Mapping[str, object]) -> str:
-    """``"Hessian eigenvalue density: MLP on train (1,437 samples, 2,410 parameters)"``."""
-    model, data = meta.get("model"), meta.get("dataset")
+def _spectrum_title(meta: Mapping[str, object]) -> tuple[str, list[str]]:
+    """``"Hessian eigenvalue density: MLP on train"`` and its sizes
+    (``["1,437 samples", "2,410 parameters"]``) from what ``meta`` records."""
+    what = " on ".join(str(x) for x in (meta.get("model"), meta.get("dataset")) if x)
     facts = []
     if isinstance(meta.get("dataset_size"), int):
         facts.append(f"{meta['dataset_size']:,} samples")
     if isinstance(meta.get("n_parameters"), int):
         facts.append(f"{meta['n_parameters']:,} parameters")
-    what = " on ".join(str(x) for x in (model, data) if x)
-    if what and facts:
-        what += f" ({', '.join(facts)})"
-    return "Hessian eigenvalue density" + (f": {what}" if what else "")
+    return "Hessian eigenvalue density" + (f": {what}" if what else ""), facts
 
 
 def compare(

@@ -367,7 +367,15 @@ def heatmap(
         norm=_norm(z, log),
         rasterized=True,
     )
-    fig.colorbar(mesh, ax=ax, label=_cbar_label(full, log))
+    cbar = fig.colorbar(mesh, ax=ax, label=_cbar_label(full, log))
+    if log and z.min() < z.max():
+        # The contour's round levels and plain labels, not matplotlib's "3 × 10⁰".
+        lv = _levels(z, 8, True)
+        ticks = lv[(lv >= z.min()) & (lv <= z.max())]
+        if ticks.size >= 2:
+            fmt = _label_fmt(lv)
+            cbar.set_ticks(list(ticks), labels=[fmt(t) for t in ticks])
+            cbar.ax.minorticks_off()
     if mark_origin:
         _mark_theta0(ax, result)
     set_title_notes(ax, key_title(full), notes)
