@@ -491,3 +491,55 @@ def test_surface3d_facets_follow_the_height_on_a_coarse_grid() -> None:
     assert star.get_label() == "θ0 (trained)"
     assert ax.get_xlabel() == "α"
     assert "α: filter-normalised random direction 1, ‖θ‖-relative" in fig.texts[0].get_text()
+
+
+def test_connect_writes_the_fitted_curve_over_the_straight_path(
+    tmp_path, factories, capsys
+) -> None:
+    """`lossmap connect`: <kind>_curve.png (not curve_curve.png) holds both paths, the
+    straight path's and the curve's figures share the loss's scale."""
+    import torch
+    import userfactories  # type: ignore[import-not-found]
+    from conftest import run_cli
+    from torch import nn
+
+    torch.save(userfactories.good()[0].state_dict(), tmp_path / "a.pt")
+    torch.manual_seed(7)
+    torch.save(
+        nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).state_dict(), tmp_path / "b.pt"
+    )
+    drawn: dict[str, object] = {}
+    original = plot.save
+
+    def spy(fig, stem, formats=("png", "pdf")):  # type: ignore[no-untyped-def]
+        drawn[Path(stem).name] = ([ln.get_label() for ln in fig.axes[0].lines], _is_log(fig))
+        return original(fig, stem, formats)
+
+    import lossmap.plot.files as files
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "save", spy)
+        mp.setattr(files, "save", spy)
+        out = tmp_path / "c"
+        code, _, err = run_cli(
+            [
+                "connect",
+                str(tmp_path / "a.pt"),
+                str(tmp_path / "b.pt"),
+                "--model",
+                "userfactories:good",
+                "--epochs",
+                "1",
+                "--steps",
+                "9",
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
+    assert code == 0, err
+    assert (out / "bezier_curve.png").exists() and not (out / "curve_curve.png").exists()
+    assert (out / "curve.h5").exists() and (out / "path_curve.png").exists()
+    labels, log_curve = drawn["bezier_curve"]
+    assert "straight path: train loss" in labels
+    assert log_curve == drawn["path_curve"][1]

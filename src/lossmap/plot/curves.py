@@ -116,7 +116,7 @@ def curve(
         loc="upper center",
         bbox_to_anchor=(0.5, 0.0),
         bbox_transform=ax.transAxes + points_down(ax, 36),
-        ncols=min(len(handles), 4),
+        ncols=min(len(handles), 4 if len(handles) <= 6 else 3),  # no wider than the axes
         fontsize=8,
         frameon=False,
         handlelength=2.6,
@@ -141,13 +141,15 @@ def _straight(
     """The straight path's ``metric`` under a fitted curve's, grey and dashed."""
     check_kind(straight, Curve, "curve", "straight= must be the straight path's Curve")
     out = []
-    for i, d in enumerate(ds for ds in datasets if f"{ds}/{metric}" in straight.values):
+    for i, d in enumerate(datasets):
+        if f"{d}/{metric}" not in straight.values:
+            continue
         y, _, _ = masked(straight.values[f"{d}/{metric}"], logy)
         (h,) = ax.plot(
             straight.alpha,
             y,
-            color="0.5",
-            linestyle=("--", ":", "-.")[i % 3],
+            color="0.6",
+            linestyle=_LINESTYLES[i % len(_LINESTYLES)],  # the data set's style, in grey
             linewidth=1.2,
             label=f"straight path: {d} {metric}",
             zorder=1,
@@ -192,11 +194,14 @@ def _mark_barrier(ax: Axes, result: Curve, key: str) -> list[Line2D]:
             xytext=(t, base),
             arrowprops={"arrowstyle": "<->", "color": "0.2", "lw": 1.0, "shrinkA": 0, "shrinkB": 0},
         )
+    lo, hi = (float(x) for x in result.alpha[[0, -1]])
+    right = t <= lo + 0.6 * (hi - lo)  # the label on the side with room
     ax.annotate(
         f"barrier {b['height']:.4g}",
         xy=(t, base + 0.5 * b["height"]),
-        xytext=(6, 0),
+        xytext=(6 if right else -6, 0),
         textcoords="offset points",
+        ha="left" if right else "right",
         va="center",
         fontsize=8,
         color="0.2",
