@@ -4,6 +4,7 @@ in-process, in a fresh folder; then the numbers they print are checked."""
 
 from __future__ import annotations
 
+import copy
 import re
 import runpy
 import shlex
@@ -109,9 +110,10 @@ def test_your_own_model_section_runs(tmp_path: Path, monkeypatch, capsys) -> Non
     gl, gpt_plane, batches = gpt["gpt_land"], gpt["gpt_plane"], gpt["batches"]
     assert gl.aliases == {"lm_head.weight": "transformer.wte.weight"}
     total, count = 0.0, 0
+    model = copy.deepcopy(gpt["gpt"]).eval()  # as lossmap evaluates it: no dropout
     with torch.no_grad():
         for b in batches:
-            logits = gpt["gpt"](input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             for i, row in enumerate(b["labels"]):
                 for t in range(1, len(row)):
                     if row[t] != -100:
