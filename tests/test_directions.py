@@ -145,3 +145,73 @@ def test_between_and_coordinate() -> None:
     assert float(e["weight"]) == 1.0 and float(e["bias"]) == 0.0
     with pytest.raises(ValueError, match="unknown parameter 'w'"):
         lm.directions.coordinate(land, "w")
+
+
+# ------------------------------------------------- directions saved with a slice
+def _float64_land() -> lm.Landscape:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    return _land(model)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_saved_directions_round_trip_bit_identical(land, dtype, tmp_path) -> None:
+    land = land if dtype == "float32" else _float64_land()
+    dirs = lm.directions.random(land, 2, seed=3)
+    s = lm.plane(land, *dirs, span=0.5, steps=3)
+    line = lm.line(land, dirs[0], span=0.5, steps=3)
+    s.save(tmp_path / "s.h5")
+    line.save(tmp_path / "l.h5")
+    back = lm.directions.load(tmp_path / "s.h5", land)
+    assert lm.load(tmp_path / "s.h5").directions is not None
+    assert len(back) == 2 and len(lm.directions.load(tmp_path / "l.h5")) == 1
+    for d, b in zip(dirs, back, strict=True):
+        assert list(b) == list(d)
+        for k in d:
+            assert b[k].dtype == d[k].dtype == getattr(torch, dtype)
+            assert torch.equal(b[k], d[k])  # every bit
+        assert b.meta["seed"] == 3 and b.meta["kind"] == "random"
+    # A plane made again from the loaded directions is the same plane, bit for bit.
+    again = lm.plane(land, *back, span=0.5, steps=3)
+    np.testing.assert_array_equal(again["loss"], s["loss"])
+
+
+def test_files_without_directions_still_load(land, tmp_path) -> None:
+    s = lm.plane(land, *lm.directions.random(land, 2), span=0.5, steps=3)
+    old = lm.Surface(s.coords, s.values, s.meta)  # what lossmap wrote before directions
+    old.save(tmp_path / "old.h5")
+    back = lm.load(tmp_path / "old.h5")
+    assert back.directions is None
+    np.testing.assert_array_equal(back["loss"], s["loss"])
+    with pytest.raises(ValueError, match="holds no direction tensors"):
+        lm.directions.load(tmp_path / "old.h5")
+    path = lm.interpolate(land, land.point(), V.scale(land.point(), 1.1), steps=3)
+    assert path.directions is None  # a path is made again from its two end points
+
+
+def test_saved_directions_refuse_another_model(land, tmp_path) -> None:
+    s = lm.plane(land, *lm.directions.random(land, 2), span=0.5, steps=3)
+    s.save(tmp_path / "s.h5")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        other = _land(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)))
+    with pytest.raises(ValueError, match="do not fit the model's parameters") as e:
+        lm.directions.load(tmp_path / "s.h5", other)
+    assert "\n" not in str(e.value) and "0.weight: (8, 5) vs expected (7, 5)" in str(e.value)
+
+
+def test_hessian_directions_are_eigenvectors_of_the_dense_hessian() -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    land = _land(model, n_in=3, n_out=2)
+    H = lm.hessian.dense(land).numpy()
+    truth = np.linalg.eigvalsh(H)[::-1]
+    dirs = lm.directions.hessian(land, 2, tol=1e-10)
+    for i, d in enumerate(dirs):
+        v = V.flatten(d).numpy()
+        lam = float(d.meta["eigenvalue"])
+        assert lam == pytest.approx(truth[i], rel=1e-6)
+        assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-9)
+        assert np.linalg.norm(H @ v - lam * v) < 1e-6 * abs(truth[0])

@@ -83,10 +83,12 @@ def test_surface3d_puts_alpha_on_x(monkeypatch) -> None:
     a, b = _grid(7, 11)
     s = Surface({"alpha": a, "beta": b}, {"train/loss": np.repeat(a[:, None], 11, axis=1)})
     plot.surface3d(s, log=False)
-    assert seen["x"].shape == seen["y"].shape == seen["z"].shape == (11, 7)
-    np.testing.assert_array_equal(seen["x"], np.tile(a, (11, 1)))
-    np.testing.assert_array_equal(seen["y"], np.tile(b[:, None], (1, 7)))
-    np.testing.assert_array_equal(seen["z"], seen["x"])  # loss = alpha: height follows x
+    # The coarse grid is subdivided (8 facets per cell of alpha, 5 per cell of beta),
+    # every grid point kept: rows follow beta, columns alpha.
+    assert seen["x"].shape == seen["y"].shape == seen["z"].shape == (51, 49)
+    np.testing.assert_array_equal(seen["x"][::5, ::8], np.tile(a, (11, 1)))
+    np.testing.assert_array_equal(seen["y"][::5, ::8], np.tile(b[:, None], (1, 7)))
+    np.testing.assert_allclose(seen["z"], seen["x"], rtol=1e-12)  # loss = alpha
 
 
 def test_real_plane_contour_has_the_span_and_the_minimum() -> None:
@@ -117,7 +119,10 @@ def test_star_at_theta0_for_random_directions_and_equal_aspect() -> None:
         (star,) = [ln for ln in ax.lines if ln.get_marker() == "*"]
         assert star.get_xydata().tolist() == [[0.0, 0.0]]
         assert ax.get_aspect() == 1.0
-        assert ax.get_xlabel() == "α (random, filter-normalised)"
+        # The label says what α is and its units (#13); the star is a legend entry.
+        assert ax.get_xlabel() == "α: filter-normalised random direction 1, ‖θ‖-relative"
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["θ0 (trained)"]
+        assert "θ0" not in ax.get_title()
     assert not [ln for ln in plot.contour(s, mark_origin=False).axes[0].lines]
     # No direction metadata: plain labels, automatic aspect.
     ax = plot.contour(_bowl()).axes[0]
@@ -219,11 +224,13 @@ def test_curve_loss_only() -> None:
     fig = plot.curve(_line())
     (ax,) = fig.axes
     assert [ln.get_linestyle() for ln in ax.lines if ln.get_linestyle() != ":"] == ["-", "--"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train loss", "test loss"]
+    # θ0 is a legend entry (#17: not a text above the axes that reads as a subtitle).
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["train loss", "test loss", "θ0 (trained)"]
     assert ax.get_xlabel() == "α" and ax.get_xlim() == (-1.0, 2.0)
     (vline,) = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
     assert vline.get_xdata()[0] == 0.0
-    assert [t.get_text() for t in ax.texts] == ["θ0"]
+    assert not ax.texts and ax.get_title() == "loss"
 
 
 def test_curve_loss_and_accuracy_on_two_axes() -> None:
@@ -237,9 +244,9 @@ def test_curve_loss_and_accuracy_on_two_axes() -> None:
     assert {ln.get_color() for ln in left.lines if ln.get_linestyle() != ":"} == {"C0"}
     assert {ln.get_color() for ln in right.lines} == {"C1"}
     assert [ln.get_linestyle() for ln in right.lines] == ["-", "--"]
-    assert len(left.get_legend().get_texts()) == 4
+    assert len(left.get_legend().get_texts()) == 5  # 4 lines and θ0
     assert "1 non-finite point masked" in left.get_title()
-    assert left.get_xlabel() == "α (random, filter-normalised)"
+    assert left.get_xlabel() == "α: filter-normalised random direction 1, ‖θ‖-relative"
     fig = plot.curve(c, metrics=["accuracy"], datasets=["test"])
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "accuracy"
     with pytest.raises(ValueError, match="available"):
@@ -259,8 +266,11 @@ def test_interpolation_marks_a_and_b() -> None:
     c = _line(view="interpolate", directions=[{"kind": "between"}])
     ax = plot.curve(c).axes[0]
     assert ax.get_xlabel() == "t (0 = a, 1 = b)"
-    assert [t.get_text() for t in ax.texts] == ["a", "b"]
-    assert sorted(ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == ":") == [0.0, 1.0]
+    assert not ax.texts
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[-2:] == ["a (t = 0)", "b (t = 1)"]
+    marks = [ln for ln in ax.lines if ln.get_label() in ("a (t = 0)", "b (t = 1)")]
+    assert [ln.get_xdata()[0] for ln in marks] == [0.0, 1.0]
 
 
 def test_axis_line_has_no_theta0_mark() -> None:
@@ -331,3 +341,205 @@ def test_spectrum(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["spectrum.png", "spectrum.pdf"]
     with pytest.raises(TypeError, match="Spectrum"):
         plot.spectrum(_line())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------ one style for a run (#13, #17)
+def _is_log(fig) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a figure shows its quantity on a log scale: the colour bar's norm of a
+    contour or heatmap, the z label of a 3-D surface (it plots log10), a curve's y axis."""
+    from matplotlib.colors import LogNorm
+
+    ax = fig.axes[0]
+    if ax.name == "3d":
+        return ax.get_zlabel().startswith("log₁₀")
+    bar = getattr(fig.axes[-1], "_colorbar", None)
+    if bar is not None:
+        return isinstance(bar.mappable.norm, LogNorm)
+    return ax.get_yscale() == "log"
+
+
+def _drawn(monkeypatch, result, **kw) -> dict[str, bool]:  # type: ignore[no-untyped-def]
+    """``plot.figures(result, **kw)``: each figure's file stem and :func:`_is_log`, read
+    before the figure is closed (nothing is written)."""
+    from lossmap.plot import files
+
+    seen: dict[str, bool] = {}
+
+    def record(fig, stem, formats=("png",)):  # type: ignore[no-untyped-def]
+        seen[Path(stem).name] = _is_log(fig)
+        return []
+
+    monkeypatch.setattr(files, "save", record)
+    plot.figures(result, "unused", **kw)
+    return seen
+
+
+def _decades_plane(n: int) -> Surface:
+    """A loss from 0.13 to 111 on an n x n grid: a deep narrow basin in a high rim."""
+    a = np.linspace(-1.0, 1.0, n)
+    aa, bb = np.meshgrid(a, a, indexing="ij")
+    r2 = aa**2 + bb**2
+    loss = 0.13 + 110.87 * (r2 / 2) ** 2
+    return Surface({"alpha": a, "beta": a}, {"train/loss": loss, "test/loss": loss * 1.01})
+
+
+def test_log_decided_once_per_quantity_for_every_figure_of_a_run(monkeypatch) -> None:
+    coarse, fine = _decades_plane(3), _decades_plane(7)
+    # auto_log's rule alone gives the two grids of one landscape different scales ...
+    assert plot.auto_log(coarse["loss"]) != plot.auto_log(fine["loss"])
+    # ... the run decides once, from every value of the quantity it holds.
+    scales = plot.log_scales(coarse, fine)
+    pooled = np.concatenate([coarse["loss"].ravel(), fine["loss"].ravel()] * 2)
+    assert scales["loss"] == plot.auto_log(pooled)
+    for s in (coarse, fine):
+        drawn = _drawn(monkeypatch, s, log=scales)
+        planes = {k: v for k, v in drawn.items() if "loss" in k}
+        assert len(planes) == 6 and set(planes.values()) == {scales["loss"]}
+    # One result alone: contour, heatmap and 3-D surface of both data sets agree,
+    # though each data set on its own would get another scale.
+    s = _decades_plane(9)
+    s.values["test/loss"] = np.linspace(1.0, 2.0, 81).reshape(9, 9)
+    assert plot.auto_log(s["train/loss"]) != plot.auto_log(s["test/loss"])
+    drawn = _drawn(monkeypatch, s)
+    assert len(drawn) == 6 and set(drawn.values()) == {plot.log_scales(s)["loss"]}
+
+
+def test_heatmap_and_contour_share_the_norm() -> None:
+    from matplotlib.colors import LogNorm
+
+    s = _decades_plane(7)
+    for log in (True, False):
+        c = plot.contour(s, log=log).axes[-1]._colorbar.mappable.norm
+        h = plot.heatmap(s, log=log).axes[-1]._colorbar.mappable.norm
+        assert isinstance(c, LogNorm) == isinstance(h, LogNorm) == log
+
+
+def test_barrier_is_annotated_with_its_measured_height() -> None:
+    t = np.linspace(-0.5, 1.5, 21)
+    loss = 1 + t + 4 * t * (1 - t)  # chord 1 + t; excess 4t(1 - t): height 1 at t = 0.5
+    c = Curve({"alpha": t}, {"train/loss": loss}, meta={"view": "interpolate"})
+    c.meta["barrier"] = {"train/loss": lm.connect.barrier(c, key="train/loss").as_dict()}
+    measured = c.meta["barrier"]["train/loss"]["height"]
+    assert measured == pytest.approx(1.0)
+    ax = plot.curve(c).axes[0]
+    (label,) = [x for x in ax.texts if x.get_text().startswith("barrier")]
+    assert label.get_text() == f"barrier {measured:.4g}"
+    (arrow,) = [x for x in ax.texts if x.get_text() == ""]
+    assert arrow.xy == pytest.approx((0.5, 2.5)) and arrow.xyann == pytest.approx((0.5, 1.5))
+    (chord,) = [ln for ln in ax.lines if ln.get_label() == "chord between a and b"]
+    assert chord.get_ydata().tolist() == [1.0, 2.0]
+
+
+def test_fitted_curve_figure_overlays_the_straight_path() -> None:
+    t = np.linspace(0.0, 1.0, 11)
+    straight = Curve({"alpha": t}, {"train/loss": 1 + 4 * t * (1 - t)}, {"view": "interpolate"})
+    bent = Curve(
+        {"alpha": t},
+        {"train/loss": 1 + 0.2 * t * (1 - t)},
+        {"view": "interpolate", "path": "bezier"},
+    )
+    ax = plot.curve(bent, straight=straight).axes[0]
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "straight path: train loss"]
+    np.testing.assert_array_equal(line.get_ydata(), straight["loss"])
+    assert "bezier curve" in ax.get_title()
+    assert "straight path: train loss" in [x.get_text() for x in ax.get_legend().get_texts()]
+
+
+def test_trajectory_legend_below_the_path_and_start_is_not_theta0() -> None:
+    s = _bowl(centred=True, na=9, nb=9)
+    s.meta["trajectory"] = {"coords": [[-1.5, 1.0], [-1.0, 0.5], [0.0, 0.0]]}
+    fig = plot.trajectory(s)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    texts = [x.get_text() for x in legend.get_texts()]
+    assert "start (first checkpoint)" in texts and not any("θ" in x for x in texts)
+    # Entirely below the axes: it covers no part of the plane.
+    assert legend.get_window_extent().y1 < ax.get_window_extent().y0
+
+
+def test_spectrum_names_model_and_data_and_marks_the_top_eigenvalues() -> None:
+    grid = np.linspace(-1.0, 5.0, 200)
+    density = np.exp(-(grid**2) / 0.02)
+    meta = {"model": "Sequential", "dataset": "train", "dataset_size": 1437, "top": [4.5, 3.25]}
+    sp = Spectrum(grid, density, np.zeros((1, 4)), np.ones((1, 4)) / 4, 0.1, 12, meta)
+    ax = plot.spectrum(sp).axes[0]
+    assert ax.get_title().startswith(
+        "Hessian eigenvalue density: Sequential on train\n1,437 samples"
+    )
+    marks = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert sorted(ln.get_xdata()[0] for ln in marks) == [3.25, 4.5]
+    assert "λ₁ = 4.5" in ax.get_legend().get_texts()[1].get_text()
+
+
+def test_surface3d_facets_follow_the_height_on_a_coarse_grid() -> None:
+    """A 3 x 3 bowl: the four cells share one mean height, so plot_surface alone gives one
+    colour; the refined facets range from the minimum to the rim, and θ0 is starred."""
+    s = _decades_plane(3)
+    s.meta.update(
+        view="plane",
+        directions=[{"kind": "random", "normalization": "filter", "index": i} for i in (0, 1)],
+    )
+    fig = plot.surface3d(s, log=False)
+    ax = fig.axes[0]
+    (surf,) = ax.collections
+    heights = np.asarray(surf.get_array())
+    assert heights.size >= 48 * 48
+    lo, hi = float(s["loss"].min()), float(s["loss"].max())
+    assert heights.min() < lo + 0.05 * (hi - lo) and heights.max() > hi - 0.05 * (hi - lo)
+    (star,) = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert star.get_label() == "θ0 (trained)"
+    assert ax.get_xlabel() == "α"
+    assert "α: filter-normalised random direction 1, ‖θ‖-relative" in fig.texts[0].get_text()
+
+
+def test_connect_writes_the_fitted_curve_over_the_straight_path(
+    tmp_path, factories, capsys
+) -> None:
+    """`lossmap connect`: <kind>_curve.png (not curve_curve.png) holds both paths, the
+    straight path's and the curve's figures share the loss's scale."""
+    import torch
+    import userfactories  # type: ignore[import-not-found]
+    from conftest import run_cli
+    from torch import nn
+
+    torch.save(userfactories.good()[0].state_dict(), tmp_path / "a.pt")
+    torch.manual_seed(7)
+    torch.save(
+        nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).state_dict(), tmp_path / "b.pt"
+    )
+    drawn: dict[str, object] = {}
+    original = plot.save
+
+    def spy(fig, stem, formats=("png", "pdf")):  # type: ignore[no-untyped-def]
+        drawn[Path(stem).name] = ([ln.get_label() for ln in fig.axes[0].lines], _is_log(fig))
+        return original(fig, stem, formats)
+
+    import lossmap.plot.files as files
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "save", spy)
+        mp.setattr(files, "save", spy)
+        out = tmp_path / "c"
+        code, _, err = run_cli(
+            [
+                "connect",
+                str(tmp_path / "a.pt"),
+                str(tmp_path / "b.pt"),
+                "--model",
+                "userfactories:good",
+                "--epochs",
+                "1",
+                "--steps",
+                "9",
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
+    assert code == 0, err
+    assert (out / "bezier_curve.png").exists() and not (out / "curve_curve.png").exists()
+    assert (out / "curve.h5").exists() and (out / "path_curve.png").exists()
+    labels, log_curve = drawn["bezier_curve"]
+    assert "straight path: train loss" in labels
+    assert log_curve == drawn["path_curve"][1]

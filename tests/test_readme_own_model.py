@@ -4,6 +4,7 @@ in-process, in a fresh folder; then the numbers they print are checked."""
 
 from __future__ import annotations
 
+import copy
 import re
 import runpy
 import shlex
@@ -48,7 +49,14 @@ def _command(line: str, capsys) -> str:
 @pytest.mark.slow
 def test_your_own_model_section_runs(tmp_path: Path, monkeypatch, capsys) -> None:
     blocks = section_blocks("Your own model")
-    assert [lang for lang, _ in blocks] == ["python", "python", "bash", "python", "python"]
+    assert [lang for lang, _ in blocks] == [
+        "python",
+        "python",
+        "bash",
+        "python",
+        "python",
+        "python",
+    ]
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for mod in ("cnn", "train"):  # another test's module of the same name
@@ -92,6 +100,31 @@ def test_your_own_model_section_runs(tmp_path: Path, monkeypatch, capsys) -> Non
     x, y = tied["data"]
     with torch.no_grad():
         assert other.loss() == pytest.approx(float(nn.functional.cross_entropy(fresh(x), y)))
-    assert printed[-1].strip().splitlines()[-1] == "True"
+    assert printed[-2].strip().splitlines()[-1] == "True"
     unwrapped = [w for w in caught if "wrapper" in str(w.message)]
     assert len(unwrapped) == 1 and "DataParallel" in str(unwrapped[0].message)
+    # The tiny GPT-2: lm_head tied to the embedding; the plane's centre is the per-token
+    # mean over both padded batches, counted by hand; the top eigenvalue is a Rayleigh
+    # quotient of the Hessian (an HVP with its own vector).
+    gpt = after[2]
+    gl, gpt_plane, batches = gpt["gpt_land"], gpt["gpt_plane"], gpt["batches"]
+    assert gl.aliases == {"lm_head.weight": "transformer.wte.weight"}
+    total, count = 0.0, 0
+    model = copy.deepcopy(gpt["gpt"]).eval()  # as lossmap evaluates it: no dropout
+    with torch.no_grad():
+        for b in batches:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            for i, row in enumerate(b["labels"]):
+                for t in range(1, len(row)):
+                    if row[t] != -100:
+                        total += float(nn.functional.cross_entropy(logits[i, t - 1], row[t]))
+                        count += 1
+    assert count == 15 + 8 + 4 + 11 + 2
+    at0 = gpt_plane.summary()["at_theta0"]
+    assert at0 == pytest.approx(total / count, rel=1e-5)
+    assert gpt["same"].loss() == pytest.approx(at0, rel=1e-6)
+    top = gpt["gpt_top"]
+    v = top.vectors[0]
+    hv = gl.hvp(None, v)
+    rayleigh = float(lm.vectors.dot(v, hv) / lm.vectors.dot(v, v))
+    assert top.values[0] == pytest.approx(rayleigh, rel=1e-3)

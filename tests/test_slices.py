@@ -137,3 +137,132 @@ def test_bad_spans_and_steps(mlp_data) -> None:
         lm.line(land, d1, strategy="fast")
     with pytest.raises(ValueError, match="does not match the model"):
         lm.line(land, {"0.weight": torch.zeros(8, 5)})
+
+
+# ------------------------------------------- `lossmap line/plane --directions ...`
+def test_cli_plane_reuses_saved_directions_exactly(tmp_path, factories, capsys) -> None:
+    from conftest import run_cli
+
+    first = ["plane", "--model", "userfactories:good", "--steps", "5", "--seed", "7"]
+    code, _, err = run_cli([*first, "--out", str(tmp_path / "p")], capsys)
+    assert code == 0, err
+    saved = tmp_path / "p" / "surface.h5"
+    # Another seed, another normalisation: ignored, the saved directions are used.
+    again = ["plane", "--model", "userfactories:good", "--steps", "5", "--seed", "1"]
+    code, _, err = run_cli(
+        [
+            *again,
+            "--normalization",
+            "unit",
+            "--directions",
+            str(saved),
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    a, b = lm.load(saved), lm.load(tmp_path / "q" / "surface.h5")
+    np.testing.assert_array_equal(b["loss"], a["loss"])  # bit for bit
+    for da, db in zip(a.directions, b.directions, strict=True):
+        assert all(np.array_equal(da[k], db[k]) for k in da)
+    # A line along the plane's first direction is the plane's row through β = 0.
+    code, _, err = run_cli(
+        [
+            "line",
+            "--model",
+            "userfactories:good",
+            "--steps",
+            "5",
+            "--directions",
+            str(saved),
+            "--out",
+            str(tmp_path / "l"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(lm.load(tmp_path / "l" / "line.h5")["loss"], a["loss"][:, 2])
+
+
+def test_cli_saved_directions_of_another_model_one_line(tmp_path, factories, capsys) -> None:
+    from conftest import run_cli
+
+    code, _, err = run_cli(
+        ["plane", "--model", "userfactories:good", "--steps", "3", "--out", str(tmp_path / "p")],
+        capsys,
+    )
+    assert code == 0, err
+    out = tmp_path / "o"
+    code, _, err = run_cli(
+        [
+            "plane",
+            "--model",
+            "userfactories:other_arch",
+            "--steps",
+            "3",
+            "--directions",
+            str(tmp_path / "p" / "surface.h5"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "--directions" in lines[0] and "do not fit the model's parameters" in lines[0]
+    assert "0.weight: (6, 4) vs expected (5, 4)" in lines[0]
+    assert not (out / "surface.h5").exists()  # nothing evaluated
+    # A path holds no directions; a missing file is named.
+    code, _, err = run_cli(
+        ["line", "--model", "userfactories:good", "--directions", str(tmp_path / "nope.h5")],
+        capsys,
+    )
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_hessian_directions_are_eigenvectors(tmp_path, factories, capsys) -> None:
+    from conftest import run_cli
+
+    code, _, err = run_cli(
+        [
+            "plane",
+            "--model",
+            "userfactories:good",
+            "--steps",
+            "3",
+            "--directions",
+            "hessian",
+            "--out",
+            str(tmp_path / "h"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    s = lm.load(tmp_path / "h" / "surface.h5")
+    import userfactories  # type: ignore[import-not-found]
+
+    net, criterion, data = userfactories.good()
+    land = lm.Landscape(net.double(), criterion, data=(data[0].double(), data[1]))
+    H = lm.hessian.dense(land).numpy()
+    top = np.linalg.eigvalsh(H)[::-1]
+    for i, d in enumerate(lm.directions.load(s)):
+        v = V.flatten(d).double().numpy()
+        lam = float(d.meta["eigenvalue"])
+        assert d.meta["kind"] == "hessian" and lam == pytest.approx(top[i], rel=1e-3)
+        # float32 Lanczos against the float64 dense Hessian
+        assert np.linalg.norm(H @ v - lam * v) < 1e-3 * top[0]
+    assert "Hessian eigenvector 1" in _xlabel_of(s)
+
+
+def _xlabel_of(s) -> str:  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = lm.plot.contour(s)
+    try:
+        return fig.axes[0].get_xlabel()
+    finally:
+        plt.close(fig)

@@ -7,6 +7,11 @@ first data set. Non-finite values are stored as NaN.
 
 Files: HDF5 (``save`` / :func:`load`), a tidy CSV (``alpha,beta,loss,...``), NPZ,
 VTK for ParaView (``to_vtk``, through ``meshio``).
+A line or plane made by :func:`lossmap.line` / :func:`lossmap.plane` also keeps its
+direction tensors (``Result.directions``, one ``{parameter name: array}`` per axis, in
+the dtype they had), saved in the HDF5 file's group ``directions`` so that
+:func:`lossmap.directions.load` can reuse them; files without the group load with
+``directions = None``.
 """
 
 from __future__ import annotations
@@ -57,8 +62,12 @@ class Result:
     coords: dict[str, np.ndarray]
     values: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    directions: list[dict[str, np.ndarray]] | None = None
+    """The tensors of the axes' directions (``None``: not kept, e.g. a path)."""
 
     def __post_init__(self) -> None:
+        if self.directions is not None:
+            self.directions = [{k: np.asarray(v) for k, v in d.items()} for d in self.directions]
         self.coords = {k: np.asarray(v, dtype=np.float64) for k, v in self.coords.items()}
         shape = self.shape
         vals = {}
@@ -121,9 +130,14 @@ class Result:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write an HDF5 file (atomically: a temporary file renamed into place)."""
+        """Write an HDF5 file (atomically: a temporary file renamed into place), with
+        the direction tensors when the result holds them."""
         return _write_h5(
-            Path(path), self.kind, self.meta, {"coords": self.coords, "values": self.values}
+            Path(path),
+            self.kind,
+            self.meta,
+            {"coords": self.coords, "values": self.values},
+            directions=self.directions,
         )
 
     def to_npz(self, path: str | os.PathLike[str]) -> Path:
@@ -383,6 +397,8 @@ def _write_h5(
     meta: Mapping[str, Any],
     groups: Mapping[str, Mapping[str, np.ndarray]],
     attrs: Mapping[str, Any] | None = None,
+    *,
+    directions: list[dict[str, np.ndarray]] | None = None,
 ) -> Path:
     """Write groups of arrays and JSON metadata to ``path`` via a temporary file + rename,
     so a reader never sees a half-written file."""
@@ -399,7 +415,68 @@ def _write_h5(
             for k, v in arrays.items():
                 g.create_dataset(k, data=v)
             f.attrs[f"{gname}_order"] = json.dumps(list(arrays))
+        if directions is not None:
+            _write_directions(f, directions)
     return path
+
+
+def _write_directions(f: Any, directions: list[dict[str, np.ndarray]]) -> None:
+    """Group ``directions``: one subgroup per axis (``"0"``, ``"1"``), one dataset per
+    parameter (``"p0"``, ``"p1"``... : a parameter's name may hold any character), the
+    names in the attribute ``names``. Arrays are stored as they are (float32 stays
+    float32, float64 stays float64)."""
+    top = f.create_group("directions")
+    top.attrs["count"] = len(directions)
+    for i, d in enumerate(directions):
+        g = top.create_group(str(i))
+        g.attrs["names"] = json.dumps(list(d))
+        for j, a in enumerate(d.values()):
+            g.create_dataset(f"p{j}", data=a)
+
+
+def _read_directions(f: Any, path: Path) -> list[dict[str, np.ndarray]] | None:
+    """The direction tensors of a file written by :func:`_write_directions` (``None``
+    when it has none), checked like the values: hard-linked numeric datasets held in the
+    file itself, the same names and shapes on every axis, a bounded total size."""
+    import h5py
+
+    if "directions" not in f:
+        return None
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid lossmap result ({why}); was it altered?")
+
+    top = f["directions"]
+    count = top.attrs.get("count")
+    if not isinstance(top, h5py.Group) or not isinstance(count, int | np.integer):
+        raise bad("its directions group has no count")
+    out: list[dict[str, np.ndarray]] = []
+    total = 0
+    for i in range(int(count)):
+        g = top.get(str(i))
+        try:
+            names = json.loads(g.attrs["names"]) if isinstance(g, h5py.Group) else None
+        except (KeyError, TypeError, ValueError):
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad(f"direction {i} has no readable list of parameter names")
+        datasets = []
+        for j in range(len(names)):
+            link = g.get(f"p{j}", getlink=True)
+            ds = g.get(f"p{j}")
+            if not isinstance(link, h5py.HardLink) or not isinstance(ds, h5py.Dataset):
+                raise bad(f"directions/{i}/p{j} is missing or a link")
+            if ds.dtype.kind != "f" or ds.external or ds.is_virtual:
+                raise bad(f"directions/{i}/p{j} is not a floating-point dataset of the file")
+            total += math.prod(ds.shape)
+            datasets.append(ds)
+        if total > _MAX_DIRECTION_VALUES:
+            raise bad(f"its directions hold more than {_MAX_DIRECTION_VALUES:,} numbers")
+        shapes = {n: ds.shape for n, ds in zip(names, datasets, strict=True)}
+        if out and shapes != {k: a.shape for k, a in out[0].items()}:
+            raise bad(f"direction {i} has other parameters or shapes than direction 0")
+        out.append({n: ds[()] for n, ds in zip(names, datasets, strict=True)})
+    return out
 
 
 _KINDS: dict[str, type[Result]] = {"curve": Curve, "surface": Surface}
@@ -409,6 +486,9 @@ _KINDS: dict[str, type[Result]] = {"curve": Curve, "surface": Surface}
 # dataset, so shapes are checked against the grid before anything is read.
 _MAX_GRID = 10_000_000
 _MAX_VALUES = 100_000_000
+# The direction tensors a file may make load() read: two directions of a model of
+# two billion parameters.
+_MAX_DIRECTION_VALUES = 4_000_000_000
 
 
 def _checked_shapes(f: Any, kind: str, path: Path) -> dict[str, dict[str, Any]]:
@@ -498,6 +578,7 @@ def load(path: str | os.PathLike[str]) -> Result | Spectrum:
             checked = _checked_shapes(f, kind, path)
             groups = {g: {k: ds[()] for k, ds in arrays.items()} for g, arrays in checked.items()}
             extra = {k: f.attrs[k] for k in ("sigma", "matvecs") if k in f.attrs}
+            directions = _read_directions(f, path) if kind != "spectrum" else None
     except OSError as e:
         raise ValueError(f"cannot read {path} as HDF5 ({e}); is it a lossmap result?") from None
     if kind == "spectrum":
@@ -511,4 +592,4 @@ def load(path: str | os.PathLike[str]) -> Result | Spectrum:
             int(extra["matvecs"]),
             meta,
         )
-    return _KINDS[kind](groups["coords"], groups["values"], meta)
+    return _KINDS[kind](groups["coords"], groups["values"], meta, directions)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lossmap import vectors as V
-from lossmap.directions import Direction, coordinate
+from lossmap.directions import Direction, coordinate, to_arrays
 from lossmap.evaluate import Progress, Span, run
 from lossmap.landscape import Landscape
 from lossmap.results import Curve, Surface
@@ -242,6 +242,7 @@ def _curve(
     view: str,
     span: list[float],
     extra: Mapping[str, object] | None = None,
+    keep: bool = True,
     **run: Any,
 ) -> Curve:
     """The values along ``origin + α d`` for the coordinates ``alpha``: a line or a path."""
@@ -250,7 +251,7 @@ def _curve(
     meta = result_meta(land, base, [d], info, view=view, span=span, steps=len(alpha))
     meta.update(extra or {})
     meta["seconds"] = time.perf_counter() - t0
-    return Curve({"alpha": alpha}, values, meta)
+    return Curve({"alpha": alpha}, values, meta, [to_arrays(d)] if keep else None)
 
 
 def line(
@@ -286,7 +287,9 @@ def line(
             recorded as ``meta["engine"]["precision"]``.
 
     Returns:
-        :class:`~lossmap.results.Curve` with ``alpha`` and every ``"<set>/<stat>"``.
+        :class:`~lossmap.results.Curve` with ``alpha`` and every ``"<set>/<stat>"``;
+        its ``directions`` hold the direction's tensors (saved with it; reuse them
+        with :func:`lossmap.directions.load`).
     """
     ((lo, hi),) = parse_span(span, 1)
     (n,) = _parse_steps(steps, 1)
@@ -336,7 +339,8 @@ def plane(
     Returns:
         :class:`~lossmap.results.Surface`: ``values[k]`` has shape
         ``[len(alpha), len(beta)]`` with ``indexing="ij"``; ``meta["cosine"]`` is the
-        cosine between ``d1`` and ``d2``.
+        cosine between ``d1`` and ``d2``; ``directions`` holds both directions'
+        tensors (saved with it; :func:`lossmap.directions.load` reads them back).
     """
     spans = parse_span(span, 2)
     ns = _parse_steps(steps, 2)
@@ -367,7 +371,7 @@ def plane(
         cosine=V.cosine(a, b),
     )
     meta["seconds"] = time.perf_counter() - t0
-    return Surface({"alpha": axes[0], "beta": axes[1]}, values, meta)
+    return Surface({"alpha": axes[0], "beta": axes[1]}, values, meta, [to_arrays(a), to_arrays(b)])
 
 
 def interpolate(
@@ -402,6 +406,7 @@ def interpolate(
         view="interpolate",
         span=[lo, hi],
         extra={"distance": float(V.norm(d))},
+        keep=False,
         datasets=datasets,
         strategy=strategy,
         progress=progress,

@@ -129,12 +129,14 @@ class RunFolder:
         finally:
             j.close()
 
-    def save(self, result: Any, name: str, *, log: bool | None = None) -> list[Path]:
-        """Write ``name.h5``, ``name.csv`` and the result's figures; run.json lists it."""
+    def save(self, result: Any, name: str, *, log: Any = None, figures: bool = True) -> list[Path]:
+        """Write ``name.h5``, ``name.csv`` and (``figures``) the result's figures, ``log``
+        a bool, ``None`` or ``plot.log_scales`` of the run; run.json lists it."""
         from lossmap import plot
 
         files = [result.save(self.out / f"{name}.h5"), result.to_csv(self.out / f"{name}.csv")]
-        files += plot.figures(result, self.out, prefix=f"{name}_", log=log)
+        if figures:
+            files += plot.figures(result, self.out, prefix=f"{name}_", log=log)
         self.results[name] = result
         self.files += files
         return files

@@ -125,7 +125,7 @@ def connect(
                 warnings.filterwarnings("ignore", "reset_bn=False", UserWarning)
                 line = lm.connect.linear(la, a, b, steps=steps, span=t_span, reset_bn=reset_bn)
             progress(1, 1)
-        run.save(line, "path")
+        run.save(line, "path", figures=False)  # drawn last, on the run's one scale
         if line.meta.get("bn_statistics_foreign"):
             run.warn(
                 [
@@ -142,6 +142,7 @@ def connect(
         )
         lines = [barrier_line(name, line.meta["barrier"])]
         run.note(barrier_line=line.meta["barrier"])
+        fitted = None
         if curve is not CurveOpt.none:
             fp = {
                 "command": "connect",
@@ -157,11 +158,30 @@ def connect(
                 "data": data_hash(land),
             }
             fit = _fit_curve(run, la, a, b, fp, args)
-            run.save(fit.to_curve("curve"), "curve")
+            run.save(fitted := fit.to_curve("curve"), "curve", figures=False)
             lines.append(barrier_line(f"{curve.value} curve", fit.meta["barrier"]["curve"]))
             run.note(barrier_curve=fit.meta["barrier"]["curve"])
+        run.add(_figures(run.out, line, fitted))
         run.provenance(la)
         run.summary = [*lines, f"wrote {run.out}/ ({len(run.files)} files)"]
+
+
+def _figures(out: Path, line: Any, fitted: Any) -> list[Path]:
+    """The straight path's figure and the fitted curve's over it (``<kind>_curve``), the
+    loss on one scale decided from both paths' values."""
+    from lossmap import plot as lplot
+
+    scales = lplot.log_scales(*([line] if fitted is None else [line, fitted]))
+    files = lplot.figures(line, out, prefix="path_", log=scales)
+    if fitted is not None:
+        fig = lplot.curve(fitted, logy=scales.get("loss"), straight=line)
+        try:
+            files += lplot.save(fig, out / f"{fitted.meta['path']}_curve")
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return files
 
 
 def _fit_curve(

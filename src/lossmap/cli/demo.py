@@ -81,8 +81,8 @@ def demo(
                     progress=progress,
                     journal=journal,
                 )
-        run.save(c, "line")
-        run.save(s, "surface")
+        run.save(c, "line", figures=False)  # figures last, on the run's one scale
+        run.save(s, "surface", figures=False)
         sd, rows = curvature_report(
             land,
             k=5,
@@ -98,7 +98,10 @@ def demo(
             land, eps=1e-3, rho=0.05, sigma=0.01, adaptive_sigma=0.1, samples=100, seed=seed
         )
         run.add([write_rows(sharp, run.out / "sharpness.csv")])
-        path_lines = _path_to_another_seed(run, land, seed) if example is Example.digits else []
+        path, path_lines = (
+            _path_to_another_seed(run, land, seed) if example is Example.digits else (None, [])
+        )
+        _figures(run, {"line": c, "surface": s, "path": path})
         run.note(curvature={"summary": sd.meta, "eigenvalues": rows}, sharpness=sharp)
         run.provenance(land, fp)
         eng = s.meta["engine"]
@@ -138,7 +141,18 @@ def _views(land: Any, example: Example, steps: int, seed: int) -> tuple[Any, ...
     return d1, d1, d2, (-1.0, 1.0), 1.0, steps
 
 
-def _path_to_another_seed(run: RunFolder, land: Any, seed: int) -> list[str]:
+def _figures(run: RunFolder, results: dict[str, Any]) -> None:
+    """Every figure of the run, each quantity on one scale (log or linear) decided once
+    from all of its values in the run (:func:`lossmap.plot.log_scales`)."""
+    from lossmap import plot as lplot
+
+    drawn = {name: r for name, r in results.items() if r is not None}
+    scales = lplot.log_scales(*drawn.values())
+    for name, r in drawn.items():
+        run.add(lplot.figures(r, run.out, prefix=f"{name}_", log=scales))
+
+
+def _path_to_another_seed(run: RunFolder, land: Any, seed: int) -> tuple[Any, list[str]]:
     """Two minima, this seed's and the next one's: the straight path between them."""
     import lossmap as lm
 
@@ -146,5 +160,5 @@ def _path_to_another_seed(run: RunFolder, land: Any, seed: int) -> list[str]:
     b = land.at(dict(other.model.state_dict())).point()
     with progress_bar("path to another seed") as progress:
         path = lm.connect.linear(land, land.point(), b, steps=41, progress=progress)
-    run.save(path, "path")
-    return [barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]
+    run.save(path, "path", figures=False)
+    return path, [barrier_line(f"straight path to seed {seed + 1}", path.meta["barrier"])]

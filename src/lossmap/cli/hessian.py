@@ -126,6 +126,8 @@ def curvature_report(
             "seconds": time.perf_counter() - t0,
             "n_parameters": land.num_parameters,
             "dataset": land.default_dataset,
+            "dataset_size": land.datasets[land.default_dataset].size,  # the figure's title
+            "model": type(land.model).__name__,
             "versions": library_versions(),
         }
     )

@@ -12,6 +12,7 @@ from lossmap.cli._common import (
     CheckpointOpt,
     ChunkOpt,
     CkptKeyOpt,
+    CliError,
     DatasetOpt,
     DeviceOpt,
     ExampleOpt,
@@ -52,6 +53,55 @@ from lossmap.cli._load import (
 )
 from lossmap.cli._run import RunFolder
 
+DirectionsOpt = Annotated[
+    str,
+    typer.Option(
+        "--directions",
+        help="random (drawn with --normalization/--ignore/--seed), hessian (the top "
+        "Hessian eigenvectors at θ0, unit norm), or a line/plane result file (.h5) whose "
+        "saved directions are reused.",
+    ),
+]
+
+
+def _saved_directions(spec: str, n: int) -> Any:
+    """The result file named by ``--directions FILE`` (read and checked to hold at least
+    ``n`` directions before the model is built); ``None`` for random/hessian."""
+    if spec in ("random", "hessian"):
+        return None
+    import lossmap as lm
+
+    path = Path(spec)
+    if not path.is_file():
+        raise CliError(
+            f"--directions {spec!r}: no such file; give random, hessian, or a surface.h5 / "
+            "line.h5 of an earlier run"
+        )
+    result = lm.load(path)
+    held = getattr(result, "directions", None)
+    if held is None or len(held) < n:
+        raise CliError(
+            f"--directions {spec}: the file holds {0 if held is None else len(held)} saved "
+            f"direction(s), a {'line' if n == 1 else 'plane'} needs {n}; give a "
+            f"{'line.h5 or ' if n == 1 else ''}surface.h5 written by lossmap line/plane"
+        )
+    return result
+
+
+def _directions(land: Any, args: dict[str, Any], n: int, saved: Any) -> Any:
+    """The slice's directions: from the saved result (checked against the model's
+    parameters), the top-``n`` Hessian eigenvectors, or random."""
+    import lossmap as lm
+
+    if saved is not None:
+        try:
+            return lm.directions.load(saved, land)[:n]
+        except ValueError as e:
+            raise CliError(f"--directions {args['directions']}: {e}") from None
+    if args["directions"] == "hessian":
+        return lm.directions.hessian(land, n, seed=args["seed"])
+    return random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
+
 
 def _grid_spec(view: str, args: dict[str, Any]) -> tuple[list[tuple[float, float]], list[int]]:
     """The span and steps of each axis, from --span/--steps (and, on a plane,
@@ -91,6 +141,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     n = 1 if view == "line" else 2
     spans, steps = _grid_spec(view, args)
+    saved = _saved_directions(args["directions"], n)
     with RunFolder(view, args, t0=t0) as run:
         land = with_checkpoint(
             build_landscape(args["model"], args["example"], args["device"]),
@@ -100,7 +151,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
         )
         if args["train_mode"]:
             land = in_train_mode(land)
-        dirs = random_directions(land, n, args["normalization"], args["ignore"], args["seed"])
+        dirs = _directions(land, args, n, saved)
         secs, at_theta0 = theta0_values(land)
         check_budget(steps, n, secs, args["max_hours"])
         run.warn(note_no_checkpoint(args["model"], args["checkpoint"]))
@@ -113,6 +164,7 @@ def _random_slice(view: str, args: dict[str, Any]) -> None:
             },
             "span": spans,
             "steps": steps,
+            "directions_from": args["directions"],
             "train_mode": args["train_mode"],
             "strategy": args["strategy"].value,
             "precision": args["precision"].value,
@@ -158,6 +210,7 @@ def line(
     ] = 51,
     dataset: DatasetOpt = None,
     train_mode: TrainModeOpt = False,
+    directions: DirectionsOpt = "random",
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -172,7 +225,8 @@ def line(
     trust_checkpoint: TrustOpt = False,
     max_hours: MaxHoursOpt = 24.0,
 ) -> None:
-    """The loss along one random (normalised) direction through θ0."""
+    """The loss along one random (normalised) direction through θ0 (or a saved or
+    Hessian direction: --directions)."""
     _random_slice("line", dict(locals()))
 
 
@@ -189,6 +243,7 @@ def plane(
     steps_beta: StepsBetaOpt = None,
     dataset: DatasetOpt = None,
     train_mode: TrainModeOpt = False,
+    directions: DirectionsOpt = "random",
     normalization: NormOpt = Norm.filter,
     ignore: IgnoreOpt = "bias,norm",
     seed: SeedOpt = 0,
@@ -203,7 +258,8 @@ def plane(
     trust_checkpoint: TrustOpt = False,
     max_hours: MaxHoursOpt = 24.0,
 ) -> None:
-    """The loss on a plane spanned by two random (normalised, orthogonal) directions."""
+    """The loss on a plane spanned by two random (normalised, orthogonal) directions (or
+    saved ones, or the top two Hessian eigenvectors: --directions)."""
     _random_slice("plane", dict(locals()))
 
 

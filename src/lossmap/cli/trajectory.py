@@ -119,8 +119,9 @@ def trajectory_cmd(
                 progress=progress,
                 journal=journal,
             )
-        run.save(surf, "surface", log=log)
-        fig = lplot.trajectory(surf, log=log)
+        scales = lplot.log_scales(surf) if log is None else log  # one scale for all
+        run.save(surf, "surface", log=scales)
+        fig = lplot.trajectory(surf, log=scales if isinstance(scales, bool) else scales.get("loss"))
         run.add(lplot.save(fig, run.out / "trajectory"))
         run.provenance(final)
         ev = surf.meta["trajectory"]["explained_variance_ratio"]

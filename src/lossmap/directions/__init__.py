@@ -1,5 +1,6 @@
 """Directions in parameter space: random (normalised), between checkpoints, raw axes,
-Hessian eigenvectors, and the principal components of a training trajectory.
+Hessian eigenvectors, the principal components of a training trajectory, and the
+directions a saved line or plane was made with (:func:`load`).
 
 See :mod:`lossmap.directions._random` (Li et al. 2018's filter normalisation and the
 ignore rules) and :mod:`lossmap.directions._pca` (trajectories).
@@ -18,6 +19,7 @@ from lossmap.directions._random import (
     normalize,
     random,
 )
+from lossmap.directions._saved import load, to_arrays
 
 __all__ = [
     # directions
@@ -26,6 +28,9 @@ __all__ = [
     "coordinate",
     "hessian",
     "random",
+    # saved with a line or a plane
+    "load",
+    "to_arrays",
     # normalisation and ignore rules (Li et al. 2018)
     "IGNORE_RULES",
     "Normalization",

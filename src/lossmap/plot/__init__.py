@@ -14,7 +14,10 @@ of a loss from its values: logarithmic when they are all positive, span at least
 decade, and their median sits nearer the middle of the colour range on a log scale
 than on a linear one. A basin far below the rim then still shows its contours, while a
 quadratic bowl stays linear; other statistics stay linear. ``True`` / ``False`` force
-the scale.
+the scale. The decision is taken once per quantity: :func:`figures` pools every data
+set of a result, and :func:`log_scales` pools every result of a run (the command line
+passes it to each result's figures), so a run's line, contour, heatmap and 3-D surface
+never disagree on the loss's scale.
 
 >>> import matplotlib
 >>> matplotlib.use("Agg")
@@ -30,7 +33,7 @@ the scale.
 """
 
 from lossmap.plot._style import LOG_DECADES as LOG_DECADES  # the old module attribute
-from lossmap.plot._style import auto_log
+from lossmap.plot._style import auto_log, log_scales
 from lossmap.plot.curves import compare, curve, spectrum
 from lossmap.plot.files import figures, save
 from lossmap.plot.paths import sharpness_history, trajectory
@@ -58,4 +61,7 @@ __all__ = [
     # files
     "figures",
     "save",
+    # one scale per quantity (shared with the run's HTML report)
+    "auto_log",
+    "log_scales",
 ]

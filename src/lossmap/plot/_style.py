@@ -4,7 +4,7 @@ automatic log scale, axis labels from a result's direction metadata."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +82,34 @@ def auto_log(values: np.ndarray, stat: str = "loss") -> bool:
     return abs(mid_log - 0.5) < abs(mid_lin - 0.5)
 
 
+def log_scales(*results: Result) -> dict[str, bool]:
+    """One scale per quantity for every figure of a run: ``{statistic: log?}``.
+
+    :func:`auto_log`'s rule applied once to *all* the values of each statistic (every
+    data set of every result given: a run's line, plane and path), so the line, the
+    contour, the heatmap and the 3-D surface of one run agree on the loss's scale.
+
+    >>> from lossmap.results import Curve
+    >>> a = Curve({"alpha": [0, 1, 2]}, {"train/loss": [0.1, 0.2, 100.0]})
+    >>> b = Curve({"alpha": [0, 1, 2]}, {"test/loss": [0.3, 0.4, 0.5], "test/accuracy": [1, 1, 1]})
+    >>> log_scales(a, b)
+    {'loss': True, 'accuracy': False}
+    """
+    pooled: dict[str, list[np.ndarray]] = {}
+    for r in results:
+        for key, v in r.values.items():
+            pooled.setdefault(key.split("/", 1)[-1], []).append(np.ravel(v))
+    return {stat: auto_log(np.concatenate(vs), stat) for stat, vs in pooled.items()}
+
+
+def scale_for(log: bool | Mapping[str, bool] | None, stat: str, values: np.ndarray) -> bool:
+    """The scale of one figure: ``log`` itself (a bool), its entry for ``stat`` (a
+    mapping from :func:`log_scales`), else :func:`auto_log` of ``values``."""
+    if isinstance(log, Mapping):
+        log = log.get(stat)
+    return auto_log(values, stat) if log is None else bool(log)
+
+
 def masked(values: np.ndarray, log: bool) -> tuple[np.ma.MaskedArray, int, int]:
     """``values`` with NaN (and, for ``log``, values ``<= 0``) masked, and the two counts."""
     z = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
@@ -93,20 +121,39 @@ def masked(values: np.ndarray, log: bool) -> tuple[np.ma.MaskedArray, int, int]:
     return z, n_nan, n_nonpos
 
 
+_RANDOM_UNITS = {
+    "filter": "filter-normalised random direction {n}, ‖θ‖-relative",
+    "layer": "layer-normalised random direction {n}, ‖θ‖-relative",
+    "model": "random direction {n}, ‖d‖ = ‖θ‖",
+    "unit": "random direction {n}, ‖d‖ = 1",
+    "none": "raw Gaussian direction {n}",
+}
+
+
 def direction_label(result: Result, i: int, symbol: str) -> str:
-    """Axis label from ``meta["directions"][i]`` (and ``meta["view"]``), else ``symbol``."""
+    """Axis label from ``meta["directions"][i]`` (and ``meta["view"]``): what the
+    coordinate is and its units, e.g. ``"α: filter-normalised random direction 1,
+    ‖θ‖-relative"`` (Li et al. 2018: each filter of the direction has the norm of θ's
+    filter, so α = 1 moves every filter by its own size); else ``symbol``."""
     if result.meta.get("view") == "interpolate":
         return "t (0 = a, 1 = b)"
     dirs = result.meta.get("directions")
     d = dirs[i] if isinstance(dirs, list) and i < len(dirs) and isinstance(dirs[i], dict) else {}
     kind = d.get("kind")
+    index = d.get("index")
+    n = int(index) + 1 if isinstance(index, int) else i + 1
     if kind == "axis":
         return str(d.get("label") or d.get("parameter") or symbol)
-    if kind == "random":
-        norm = d.get("normalization")
-        return f"{symbol} (random, {norm}-normalised)" if norm not in (None, "none") else symbol
+    if kind == "random" and d.get("normalization") in _RANDOM_UNITS:
+        return f"{symbol}: " + _RANDOM_UNITS[str(d["normalization"])].format(n=n)
+    if kind == "hessian":
+        lam = d.get("eigenvalue")
+        at = f" (λ = {lam:.4g})" if isinstance(lam, int | float) else ""
+        return f"{symbol}: Hessian eigenvector {n}{at}, ‖d‖ = 1"
     if kind == "between":
-        return f"{symbol} (b − a)"
+        return f"{symbol}: b − a"
+    if kind == "pca":
+        return f"{symbol}: principal component {n}"
     return symbol
 
 

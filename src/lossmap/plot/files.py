@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from lossmap.plot._style import log_scales, scale_for
 from lossmap.plot.curves import curve, spectrum
 from lossmap.plot.planes import contour, heatmap, surface3d
 from lossmap.results import Curve, Result, Spectrum, Surface, atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+def _pooled(result: Result, stat: str) -> np.ndarray:
+    """Every value of ``stat`` in ``result``, over all its data sets."""
+    vs = [v.ravel() for k, v in result.values.items() if k.split("/", 1)[-1] == stat]
+    return np.concatenate(vs) if vs else np.zeros(0)
 
 
 def save(
@@ -62,7 +71,7 @@ def figures(
     result: Result | Spectrum,
     out_dir: str | os.PathLike[str],
     *,
-    log: bool | None = None,
+    log: bool | Mapping[str, bool] | None = None,
     prefix: str = "",
     formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
@@ -77,7 +86,11 @@ def figures(
         result: a :class:`~lossmap.results.Curve`, :class:`~lossmap.results.Surface` or
             :class:`~lossmap.results.Spectrum`.
         out_dir: folder for the files (created).
-        log: log scale for the loss (``None``: automatic); other statistics stay linear.
+        log: log scale for the loss (``None``: automatic, decided once from all the
+            values of the loss in ``result``, every data set, so that all its figures
+            agree); other statistics stay linear. A mapping ``{statistic: log?}``
+            (:func:`lossmap.plot.log_scales` of every result of a run) gives the whole
+            run one scale per quantity.
         prefix: put before every file name (e.g. ``"surface_"``).
         formats: file formats, as in :func:`save`.
 
@@ -89,8 +102,14 @@ def figures(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Callable[[], Figure]]] = []
+    if isinstance(result, Curve | Surface):
+        # One decision per quantity for all of this result's figures (every data set).
+        scales = log_scales(result) if log is None else log
+        loss_log = scale_for(scales, "loss", _pooled(result, "loss"))
     if isinstance(result, Curve):
-        jobs.append(("curve", lambda: curve(result, logy=log)))
+        left = "loss" if "loss" in result.metrics else result.metrics[0]
+        logy = scale_for(scales, left, _pooled(result, left))
+        jobs.append(("curve", lambda: curve(result, logy=logy)))
     elif isinstance(result, Spectrum):
         jobs.append(("spectrum", lambda: spectrum(result, logy=log is not False)))
     elif isinstance(result, Surface):
@@ -101,9 +120,10 @@ def figures(
                     continue
                 stem = f"{_file_part(ds)}_{_file_part(stat)}"
                 if stat == "loss":
-                    jobs.append((f"{stem}_contour", _bind(contour, result, key, log=log)))
-                    jobs.append((f"{stem}_heatmap", _bind(heatmap, result, key, log=log)))
-                    jobs.append((f"{stem}_surface3d", _bind(surface3d, result, key, log=log)))
+                    kw = {"log": loss_log}
+                    jobs.append((f"{stem}_contour", _bind(contour, result, key, **kw)))
+                    jobs.append((f"{stem}_heatmap", _bind(heatmap, result, key, **kw)))
+                    jobs.append((f"{stem}_surface3d", _bind(surface3d, result, key, **kw)))
                 else:
                     jobs.append((f"{stem}_contour", _bind(contour, result, key, log=False)))
     else:

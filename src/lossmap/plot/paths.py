@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lossmap.plot._style import check_kind, figure_of, key_title, masked, new_axes
+from lossmap.plot._style import check_kind, figure_of, key_title, masked, new_axes, points_down
 from lossmap.plot.planes import contour
 from lossmap.results import Surface
 
@@ -66,8 +66,9 @@ def trajectory(
         arrows: about how many arrowheads show the direction of travel (0: none).
 
     Returns:
-        The figure: the path as a line with markers, its start (θ_0, a hollow circle)
-        and end (the final point, a star) marked.
+        The figure: the path as a line with markers, its start (the first checkpoint,
+        a hollow circle) and end (the last checkpoint, a star) marked; the legend sits
+        below the axes, off the path.
     """
     check_kind(surface, Surface, "trajectory", "it draws a path over a plane")
     if coords is None:
@@ -105,7 +106,15 @@ def trajectory(
     )
     _arrowheads(ax, c, color, arrows)
     _ends(ax, c, color)
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    # Below the axes, where it cannot cover the path (loc="best" only avoids data points).
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=ax.transAxes + points_down(ax, 36),
+        ncols=3,
+        fontsize=8,
+        frameon=False,
+    )
     n = len(c)
     ax.set_title(f"{key_title(surface.key(key))} on the PCA plane of {n} checkpoints")
     return fig
@@ -131,7 +140,8 @@ def _arrowheads(ax: Axes, c: np.ndarray, color: str, arrows: int) -> None:
 
 
 def _ends(ax: Axes, c: np.ndarray, color: str) -> None:
-    """The path's start (θ_0, a hollow circle) and end (the final point, a star)."""
+    """The path's start (the first checkpoint, a hollow circle) and end (the last, a star);
+    not "θ₀", which lossmap keeps for the trained point the plane is centred on."""
     ax.plot(
         [c[0, 0]],
         [c[0, 1]],
@@ -142,7 +152,7 @@ def _ends(ax: Axes, c: np.ndarray, color: str) -> None:
         markeredgecolor=color,
         markeredgewidth=2,
         zorder=7,
-        label="start θ₀",
+        label="start (first checkpoint)",
     )
     ax.plot(
         [c[-1, 0]],
@@ -153,7 +163,7 @@ def _ends(ax: Axes, c: np.ndarray, color: str) -> None:
         color=color,
         markeredgecolor="white",
         zorder=8,
-        label="final θₙ",
+        label="end (last checkpoint)",
     )
 
 

@@ -22,6 +22,7 @@ from lossmap.plot._style import (
     mask_notes,
     masked,
     new_axes,
+    points_down,
     set_title_notes,
 )
 from lossmap.results import Surface
@@ -160,6 +161,95 @@ def _mark_theta0(ax: Axes, result: Surface) -> None:
             zorder=5,
             label="θ0 (trained)",
         )
+        _legend_below(ax)
+
+
+def _legend_below(ax: Axes) -> None:
+    """The markers' legend under the axes (below the x label), where it covers nothing."""
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=ax.transAxes + points_down(ax, 36),
+        ncols=3,
+        fontsize=8,
+        frameon=False,
+    )
+
+
+# A facet of plot_surface takes the colour of the mean of its four corners: on a coarse
+# grid (3 x 3 around a minimum) every facet has the same mean and one colour. Facets at
+# least this many per axis follow the height.
+_MIN_FACETS = 48
+
+
+def _refined(
+    a: np.ndarray, b: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A coarse grid subdivided by bilinear interpolation inside each cell (the grid
+    points keep their values; NaN spreads to the cells around it), so that facets are
+    coloured by their own height; grids of ``_MIN_FACETS`` cells per axis stay as they are.
+    ``z`` is ``[len(b), len(a)]``."""
+
+    def fine(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(c) - 1
+        k = max(1, math.ceil(_MIN_FACETS / max(n, 1)))
+        pos = np.linspace(0.0, float(n), n * k + 1)  # in units of cells
+        return np.interp(pos, np.arange(n + 1), c), pos
+
+    if min(len(a), len(b)) < 2 or min(len(a), len(b)) - 1 >= _MIN_FACETS:
+        return a, b, z
+    fa, pa = fine(a)
+    fb, pb = fine(b)
+
+    def along(values: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
+        i = np.clip(np.floor(pos).astype(int), 0, values.shape[axis] - 2)
+        w = pos - i
+        lo, hi = np.take(values, i, axis=axis), np.take(values, i + 1, axis=axis)
+        shape = [1, 1]
+        shape[axis] = -1
+        w = w.reshape(shape)
+        # exact at the grid points (w = 0): a NaN neighbour does not leak onto them
+        return np.where(w == 0, lo, (1 - w) * lo + w * hi)
+
+    return fa, fb, along(along(z, pa, 1), pb, 0)
+
+
+def _labels_3d(ax: Axes, result: Surface) -> None:
+    """Short axis labels (α, β) on the 3-D axes, where long ones run into the ticks; what
+    α and β are in a caption under the figure."""
+    long = [direction_label(result, 0, "α"), direction_label(result, 1, "β")]
+    short = [label.split(":", 1)[0] for label in long]
+    ax.set_xlabel(short[0])
+    ax.set_ylabel(short[1])
+    if long != short:
+        caption = "\n".join(x for x, y in zip(long, short, strict=True) if x != y)
+        figure_of(ax).text(0.5, 0.0, caption, ha="center", va="top", fontsize=8)
+
+
+def _mark_theta0_3d(ax: Axes, result: Surface, zz: np.ma.MaskedArray) -> None:
+    """A star at θ0 on the surface (when θ0 is a grid point), drawn over the facets."""
+    t0 = result.theta0
+    if t0 is None:
+        return
+    i = int(np.argmin(np.abs(result.alpha - t0[0])))
+    j = int(np.argmin(np.abs(result.beta - t0[1])))
+    on_grid = np.isclose(result.alpha[i], t0[0]) and np.isclose(result.beta[j], t0[1])
+    if not on_grid or np.ma.is_masked(zz[j, i]):
+        return
+    ax.computed_zorder = False  # type: ignore[attr-defined]  # the star over the facets
+    ax.plot(
+        [t0[0]],
+        [t0[1]],
+        [float(zz[j, i])],
+        linestyle="none",
+        marker="*",
+        markersize=14,
+        color="#d62728",
+        markeredgecolor="white",
+        zorder=10,
+        label="θ0 (trained)",
+    )
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
 
 
 def _prepare(
@@ -277,7 +367,15 @@ def heatmap(
         norm=_norm(z, log),
         rasterized=True,
     )
-    fig.colorbar(mesh, ax=ax, label=_cbar_label(full, log))
+    cbar = fig.colorbar(mesh, ax=ax, label=_cbar_label(full, log))
+    if log and z.min() < z.max():
+        # The contour's round levels and plain labels, not matplotlib's "3 × 10⁰".
+        lv = _levels(z, 8, True)
+        ticks = lv[(lv >= z.min()) & (lv <= z.max())]
+        if ticks.size >= 2:
+            fmt = _label_fmt(lv)
+            cbar.set_ticks(list(ticks), labels=[fmt(t) for t in ticks])
+            cbar.ax.minorticks_off()
     if mark_origin:
         _mark_theta0(ax, result)
     set_title_notes(ax, key_title(full), notes)
@@ -316,20 +414,20 @@ def surface3d(
             "make them with fig.add_subplot(projection='3d')"
         )
     full, z, log, notes = _prepare(result, key, log)
-    ax.set_xlabel(direction_label(result, 0, "α"))
-    ax.set_ylabel(direction_label(result, 1, "β"))
+    _labels_3d(ax, result)
     stat = full.split("/", 1)[1]
     ax.set_zlabel(f"log₁₀ {stat}" if log else stat)
     if z.count() == 0:
         ax.set_title(key_title(full) + "\nno finite values" + (" > 0" if log else ""))
         return figure_of(ax)
     zz = np.ma.log10(z) if log else z
-    x, y = np.meshgrid(result.alpha, result.beta)  # [len(beta), len(alpha)], like zz
-    rows, cols = zz.shape
+    fa, fb, fz = _refined(result.alpha, result.beta, zz.filled(np.nan))
+    x, y = np.meshgrid(fa, fb)  # [len(beta), len(alpha)], like zz
+    rows, cols = fz.shape
     surf = ax.plot_surface(
         x,
         y,
-        zz.filled(np.nan),
+        fz,
         cmap="viridis",
         vmin=float(zz.min()),
         vmax=float(zz.max()),
@@ -339,6 +437,7 @@ def surface3d(
         antialiased=False,
         rasterized=True,
     )
+    _mark_theta0_3d(ax, result, zz)
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]))
     ax.tick_params(labelsize=8)
