@@ -32,21 +32,16 @@ never disagree on the loss's scale.
 >>> plt.close(fig)
 """
 
+from lossmap.plot._style import COLORMAP, auto_log, log_scales
 from lossmap.plot._style import LOG_DECADES as LOG_DECADES  # the old module attribute
-from lossmap.plot._style import auto_log, log_scales
 from lossmap.plot.curves import compare, curve, spectrum
 from lossmap.plot.files import figures, save
 from lossmap.plot.paths import sharpness_history, trajectory
 from lossmap.plot.planes import contour, heatmap, surface3d
 
-COLORMAP = "viridis"
-"""The colour map of every plane, in the figures and in the HTML report
-(:mod:`lossmap.report`): perceptually uniform and readable with colour-blindness."""
-
 __all__ = [
     # the shared style
     "COLORMAP",
-    "auto_log",
     # a plane
     "contour",
     "heatmap",

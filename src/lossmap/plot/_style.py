@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
     from matplotlib.transforms import Transform
 
+COLORMAP = "viridis"
+"""The colour map of every plane, in the figures and in the HTML report
+(:mod:`lossmap.report`): perceptually uniform and readable with colour-blindness."""
+
 LOG_DECADES = 1.0
 """``log=None`` considers a log scale when the positive values span this many decades."""
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lossmap.plot._style import (
+    COLORMAP,
     auto_log,
     check_kind,
     direction_label,
@@ -116,7 +117,7 @@ def _line_cmap() -> Colormap:
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    return ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.88, 256)), name="viridis_lines")
+    return ListedColormap(colormaps[COLORMAP](np.linspace(0.0, 0.88, 256)), name="viridis_lines")
 
 
 def _label_fmt(levels: np.ndarray) -> Callable[[float], str]:
@@ -305,12 +306,12 @@ def contour(
     fmt = _label_fmt(lv)
     x, y = result.alpha, result.beta
     if z.min() == z.max():
-        mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap="viridis", norm=norm)
+        mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=COLORMAP, norm=norm)
         fig.colorbar(mesh, ax=ax, label=_cbar_label(full, log))
         notes.append(f"constant {float(z.min()):.4g}")
     else:
         if filled:
-            cf = ax.contourf(x, y, z, levels=lv, cmap="viridis", norm=norm)
+            cf = ax.contourf(x, y, z, levels=lv, cmap=COLORMAP, norm=norm)
             cs = ax.contour(x, y, z, levels=lv, colors="k", linewidths=0.4, alpha=0.6)
             cbar = fig.colorbar(cf, ax=ax, label=_cbar_label(full, log))
         else:
@@ -363,7 +364,7 @@ def heatmap(
         result.beta,
         z,
         shading="nearest",
-        cmap="viridis",
+        cmap=COLORMAP,
         norm=_norm(z, log),
         rasterized=True,
     )
@@ -428,7 +429,7 @@ def surface3d(
         x,
         y,
         fz,
-        cmap="viridis",
+        cmap=COLORMAP,
         vmin=float(zz.min()),
         vmax=float(zz.max()),
         rcount=min(rows, 120),
