@@ -19,6 +19,7 @@ import numpy as np
 
 from lossmap.linalg._blas import single_blas_thread
 from lossmap.linalg._operator import MatMat
+from lossmap.linalg.lanczos import check_which, select_ritz
 
 __all__ = ["BlockResult", "block_lanczos", "block_size"]
 
@@ -35,22 +36,6 @@ def block_size(k: int) -> int:
     (3, 7)
     """
     return k + 2
-
-
-def _which(which: str) -> str:
-    if which not in ("LA", "SA", "LM"):
-        raise ValueError(
-            f"which must be 'LA' (largest), 'SA' (smallest) or 'LM' (largest magnitude), got {which!r}"
-        )
-    return which
-
-
-def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    if which == "LA":
-        return np.argsort(theta)[::-1][:k]
-    if which == "SA":
-        return np.argsort(theta)[:k]
-    return np.argsort(-np.abs(theta))[:k]
 
 
 def _error_bounds(
@@ -204,7 +189,7 @@ def block_lanczos(
     >>> np.round(res.values, 8).tolist(), res.converged, res.block
     ([3.0, 2.999], True, 4)
     """
-    which = _which(which)
+    which = check_which(which)
     p = block_size(k) if block is None else block
     start = _check(k, n, p, v0)
     p = min(p, n)
@@ -223,7 +208,7 @@ def block_lanczos(
         T = _project(Q, W, T, b0)
         theta, S = np.linalg.eigh(T)
         scale = max(scale, float(np.max(np.abs(theta))))
-        order = _select(theta, k + 1, which)
+        order = select_ritz(theta, k + 1, which)
         width = min(p, n - m)
         invariant = width == 0 or float(np.linalg.norm(W, 2)) <= 1e-12 * scale
         if invariant:  # the basis spans an invariant subspace: its Ritz pairs are exact

@@ -66,7 +66,8 @@ def tridiagonal_eigh(alpha: list[float], beta: list[float]) -> tuple[np.ndarray,
     return theta, s
 
 
-def _which(which: str) -> str:
+def check_which(which: str) -> str:
+    """``which`` of the eigensolvers (``LA``, ``SA``, ``LM``), or a one-line error."""
     if which not in ("LA", "SA", "LM"):
         raise ValueError(
             f"which must be 'LA' (largest), 'SA' (smallest) or 'LM' (largest magnitude), got {which!r}"
@@ -74,7 +75,8 @@ def _which(which: str) -> str:
     return which
 
 
-def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+def select_ritz(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    """The indices of the ``k`` Ritz values ``theta`` wanted by ``which``, best first."""
     if which == "LA":
         return np.argsort(theta)[::-1][:k]
     if which == "SA":
@@ -139,7 +141,7 @@ def lanczos(
     >>> np.round(vals, 8).tolist(), ok
     ([3.0, 2.0], True)
     """
-    which = _which(which)
+    which = check_which(which)
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of parameters ({n:,}), got {k}")
     max_iter = min(n, max_iter if max_iter is not None else max(300, 20 * k))
@@ -164,7 +166,7 @@ def lanczos(
         theta, s = tridiagonal_eigh(alpha, beta)
         invariant = b <= 1e-12 * max(1.0, float(np.max(np.abs(theta))))
         if m >= k:
-            sel = _select(theta, k, which)
+            sel = select_ritz(theta, k, which)
             err = _error_bound(theta, s, b, sel)
             scale = np.maximum(np.abs(theta[sel]), 1e-12 * max(1.0, float(np.max(np.abs(theta)))))
             # The Kato–Temple bound needs the gap to the rest of the spectrum; the gap to
@@ -183,7 +185,7 @@ def lanczos(
         if j + 1 == len(Q):
             Q = np.concatenate([Q, np.empty((min(len(Q), max_iter + 1 - len(Q)), n))])
         Q[j + 1] = w / b
-    sel = _select(theta, min(k, m), which)
+    sel = select_ritz(theta, min(k, m), which)
     vecs = Q[:m].T @ s[:, sel]
     resid = np.abs(beta[m - 1] * s[-1, sel]) if len(beta) >= m else np.zeros(len(sel))
     return theta[sel], vecs, resid, m, converged
