@@ -392,6 +392,12 @@ def interpolate(
 
     Returns a :class:`~lossmap.results.Curve` whose ``alpha`` is ``t``; ``precision``
     as in :func:`line`.
+
+    Only the parameters move: buffers (BatchNorm running statistics) stay the
+    landscape's own at every ``t``, so on a BatchNorm network endpoint ``b`` is not
+    scored with its own statistics. For barriers between BatchNorm networks use
+    :func:`lossmap.connect.linear`, which recomputes the statistics at every point by
+    default (as ``lossmap connect`` does; ``lossmap interpolate`` warns instead).
     """
     ((lo, hi),) = parse_span(span, 1)
     (n,) = _parse_steps(steps, 1)
