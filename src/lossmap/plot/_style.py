@@ -75,6 +75,19 @@ def points_down(ax: Axes, points: float) -> Transform:
     return ScaledTranslation(0.0, -points / 72.0, figure_of(ax).dpi_scale_trans)
 
 
+def legend_below(ax: Axes) -> None:
+    """The legend under the axes (below the x label), where it covers neither the data
+    nor the title (``loc="best"`` only avoids data points)."""
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=ax.transAxes + points_down(ax, 36),
+        ncols=3,
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def auto_log(values: np.ndarray, stat: str = "loss") -> bool:
     """Whether ``log=None`` means a log scale for ``values`` (see the module docstring)."""
     v = values[np.isfinite(values)]

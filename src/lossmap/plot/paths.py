@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lossmap.plot._style import check_kind, figure_of, key_title, masked, new_axes, points_down
+from lossmap.plot._style import (
+    check_kind,
+    figure_of,
+    key_title,
+    legend_below,
+    masked,
+    new_axes,
+)
 from lossmap.plot.planes import contour
 from lossmap.results import Surface
 
@@ -106,15 +113,7 @@ def trajectory(
     )
     _arrowheads(ax, c, color, arrows)
     _ends(ax, c, color)
-    # Below the axes, where it cannot cover the path (loc="best" only avoids data points).
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        bbox_transform=ax.transAxes + points_down(ax, 36),
-        ncols=3,
-        fontsize=8,
-        frameon=False,
-    )
+    legend_below(ax)  # where it cannot cover the path
     n = len(c)
     ax.set_title(f"{key_title(surface.key(key))} on the PCA plane of {n} checkpoints")
     return fig

@@ -20,10 +20,10 @@ from lossmap.plot._style import (
     figure_of,
     in_range,
     key_title,
+    legend_below,
     mask_notes,
     masked,
     new_axes,
-    points_down,
     set_title_notes,
 )
 from lossmap.results import Surface
@@ -162,19 +162,7 @@ def _mark_theta0(ax: Axes, result: Surface) -> None:
             zorder=5,
             label="θ0 (trained)",
         )
-        _legend_below(ax)
-
-
-def _legend_below(ax: Axes) -> None:
-    """The markers' legend under the axes (below the x label), where it covers nothing."""
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        bbox_transform=ax.transAxes + points_down(ax, 36),
-        ncols=3,
-        fontsize=8,
-        frameon=False,
-    )
+        legend_below(ax)
 
 
 # A facet of plot_surface takes the colour of the mean of its four corners: on a coarse
