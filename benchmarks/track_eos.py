@@ -162,8 +162,9 @@ out=...).step(model, t)` before each update.
 Largest relative difference over all runs: {worst:.1e} (goal: within the Lanczos
 tolerance 1e-4). The two loops compute the same parameters bit for bit (the same
 forward and backward on the same full batch, the same update `p − η g`), and the
-tracker starts each Lanczos from the blend of the previous top eigenvector and a random
-vector seeded by `(seed, step)` that `gradient_descent` uses, so equal series are
+tracker warm-starts each λ_max from the previous top eigenvector through the same
+`trajectory.warm_lambda_max` (random part seeded by `(seed, step)`) that
+`gradient_descent` uses, so equal series are
 expected; "identical" counts the measurements equal to the last bit.
 
 Resume: running the same loop again with the same `out` measured nothing (every λ_max

@@ -43,6 +43,7 @@ __all__ = [
     "gradient_descent",
     "pca_plane",
     "snapshot",
+    "warm_lambda_max",
 ]
 
 
@@ -243,27 +244,32 @@ def _check_gd_arguments(
         )
 
 
-def _sharpness(
+def warm_lambda_max(
     land: Landscape,
-    theta: V.Vector,
     prev: np.ndarray | None,
     *,
     tol: float,
     seed: int,
     step: int,
-    method: str,
+    method: str = "block",
+    point: V.Vector | None = None,
+    max_iter: int | None = None,
 ) -> Eigen:
-    """λ_max at θ_t (:func:`lossmap.hessian.eigenvalues`), warm-started from the
-    previous top eigenvector ``prev``; the random part is seeded by ``(seed, step)``.
+    """λ_max at ``point`` (θ0 when ``None``) by :func:`lossmap.hessian.eigenvalues`,
+    warm-started from the previous top eigenvector ``prev`` (flat, or ``None`` for a cold
+    start); the random part is seeded by ``(seed, step)``. The warm start of
+    :func:`gradient_descent` and of :class:`lossmap.track.Tracker`.
 
     ``"block"``: ``prev`` is one column of the block, the others are random.
     ``"lanczos"``: the start is ``prev`` plus an equally weighted random unit vector."""
     rng_seed = int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
-    if method == "block" or prev is None:
-        return eigenvalues(land, 1, tol=tol, seed=rng_seed, point=theta, v0=prev, method=method)
-    rnd = np.random.default_rng(rng_seed).standard_normal(prev.shape[0])
-    v0 = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
-    return eigenvalues(land, 1, tol=tol, seed=seed, point=theta, v0=v0, method=method)
+    v0, start_seed = prev, rng_seed
+    if method != "block" and prev is not None:
+        rnd = np.random.default_rng(rng_seed).standard_normal(prev.shape[0])
+        v0, start_seed = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd), seed
+    return eigenvalues(
+        land, 1, tol=tol, seed=start_seed, point=point, v0=v0, max_iter=max_iter, method=method
+    )
 
 
 def gradient_descent(
@@ -330,7 +336,9 @@ def gradient_descent(
         lam: float | None = None
         if sharpness_every and (t % sharpness_every == 0 or last) and np.isfinite(loss):
             start = prev if warm_start else None
-            eig = _sharpness(land, theta, start, tol=tol, seed=seed, step=t, method=method)
+            eig = warm_lambda_max(
+                land, start, tol=tol, seed=seed, step=t, method=method, point=theta
+            )
             if eig.vectors:
                 prev = V.flatten(eig.vectors[0]).double().cpu().numpy()
             lam = float(eig.values[0])

@@ -17,7 +17,7 @@ Adapters where users train, each importing its framework only when imported itse
 Implementation: ``_measures`` (the measures by name, the warm start), ``_tracker``.
 """
 
-from lossmap.track._measures import MEASURES, blended_start
+from lossmap.track._measures import MEASURES
 from lossmap.track._tracker import Tracker
 
-__all__ = ["MEASURES", "Tracker", "blended_start"]
+__all__ = ["MEASURES", "Tracker"]

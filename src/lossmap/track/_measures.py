@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from lossmap import sharpness
 from lossmap import vectors as V
-from lossmap.hessian import eigenvalues, trace
+from lossmap.hessian import trace
 from lossmap.landscape import Landscape
+from lossmap.trajectory import warm_lambda_max
 
 
 @dataclass
@@ -33,22 +32,6 @@ class Context:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def blended_start(prev: np.ndarray, *, seed: int, step: int) -> np.ndarray:
-    """The previous top eigenvector plus an equally weighted random unit vector drawn
-    from ``default_rng([seed, step])``: the warm start of
-    :func:`lossmap.trajectory.gradient_descent`, the same numbers for the same
-    ``(seed, step)``. The random half keeps the top eigenvalue within reach when the
-    top two eigenvectors swap between measurements.
-
-    >>> v = blended_start(np.array([3.0, 0.0]), seed=0, step=5)
-    >>> bool(abs(np.linalg.norm(v - np.array([1.0, 0.0])) - 1.0) < 1e-12)
-    True
-    """
-    rnd = np.random.default_rng([seed, step]).standard_normal(prev.shape[0])
-    out: np.ndarray = prev / np.linalg.norm(prev) + rnd / np.linalg.norm(rnd)
-    return out
-
-
 def lambda_max(
     land: Landscape,
     ctx: Context,
@@ -57,11 +40,12 @@ def lambda_max(
     max_iter: int | None = None,
     warm_start: bool = True,
 ) -> float:
-    """λ_max, the top Hessian eigenvalue, by Lanczos (relative ``tol``), warm-started
-    after the first measurement from the last top eigenvector (:func:`blended_start`)."""
+    """λ_max, the top Hessian eigenvalue (relative ``tol``), warm-started after the first
+    measurement from the last top eigenvector exactly as
+    :func:`lossmap.trajectory.gradient_descent` does
+    (:func:`lossmap.trajectory.warm_lambda_max`)."""
     prev = ctx.state.get("vector") if warm_start else None
-    v0 = None if prev is None else blended_start(prev, seed=ctx.seed, step=ctx.step)
-    eig = eigenvalues(land, 1, tol=tol, max_iter=max_iter, seed=ctx.seed, v0=v0)
+    eig = warm_lambda_max(land, prev, tol=tol, seed=ctx.seed, step=ctx.step, max_iter=max_iter)
     if eig.vectors:
         ctx.state["vector"] = V.flatten(eig.vectors[0]).double().cpu().numpy()
     ctx.state["matvecs"] = ctx.state.get("matvecs", 0) + int(eig.matvecs)

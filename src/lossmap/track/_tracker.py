@@ -49,10 +49,10 @@ class Tracker:
     :class:`~lossmap.landscape.Landscape` of the model as it is then: the landscape
     snapshots its parameters) and measures it. The model is never written to.
 
-    λ_max is Lanczos (:func:`lossmap.hessian.eigenvalues`, relative ``tol`` 1e-4), each
-    measurement after the first started from the last top eigenvector blended with a
-    random one seeded by ``(seed, step)``, exactly as
-    :func:`lossmap.trajectory.gradient_descent` does, so a plain loop of the same
+    λ_max is :func:`lossmap.hessian.eigenvalues` (relative ``tol`` 1e-4), each
+    measurement after the first warm-started from the last top eigenvector by
+    :func:`lossmap.trajectory.warm_lambda_max`, the code
+    :func:`lossmap.trajectory.gradient_descent` uses, so a plain loop of the same
     gradient descent records the same series. Near the edge of stability λ_max hovers
     at ``2/η`` (Cohen et al. 2021, "Gradient Descent on Neural Networks Typically
     Occurs at the Edge of Stability", ICLR): give ``lr`` and the figure draws that line.
