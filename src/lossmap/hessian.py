@@ -340,14 +340,16 @@ def eigenvalues(
 
     ``method="block"`` (the default): a block of ``block`` vectors (default ``k + 2``),
     the warm-start vectors ``v0`` and Gaussian ones drawn from ``seed`` (at least
-    one), ``block`` HVPs per step in one batched backward pass. ``converged`` means
-    (precisely in :func:`lossmap.linalg.block_lanczos`): each value is within
-    ``residuals[i]`` of a distinct eigenvalue (certified); with high probability over
-    the random columns, when the cluster at the wanted end is at most ``block`` wide
-    (Musco & Musco 2015; not certified), no eigenvalue was missed, and then each
-    value is within ``meta["error_bounds"][i] <= tol * |value|`` of the eigenvalue of
-    its rank. Single-vector Lanczos can converge to the second eigenvalue of a
-    cluster and certify it (measured at the edge of stability, README).
+    one), ``block`` HVPs per step in one batched backward pass; it stops only once the
+    ``(k+1)``-th Ritz value has converged too (the random columns have resolved the
+    top of the spectrum). ``converged`` means (precisely in
+    :func:`lossmap.linalg.block_lanczos`): each value is within ``residuals[i]`` of a
+    distinct eigenvalue (certified); with high probability over the random columns
+    (Musco & Musco 2015; not certified: no Krylov method can), no eigenvalue was
+    missed, and then each value is within ``meta["error_bounds"][i] <= tol * |value|``
+    of the eigenvalue of its rank. Measured: 0 misses in 630 warm-started λ_max at the
+    edge of stability and in 160 clusters from a start blind to the top eigenvector,
+    where single-vector Lanczos certified the second eigenvalue (README).
 
     ``method="lanczos"``: single-vector Lanczos (:func:`lanczos`), for comparison:
     its ``converged`` certifies eigenvalues by a Kato–Temple bound whose gap is the
