@@ -75,13 +75,17 @@ def test_lanczos_matches_eigvalsh(digits_small, which, k) -> None:
 
 
 def test_lanczos_warm_start(digits_small) -> None:
-    """A start on the top eigenvector certifies it at once; a dict and its flat array
-    are the same start; a start that is zero, non-finite or mis-shaped is refused."""
+    """A start on the top eigenvector gives it to 1e-7, in no more products than a cold
+    start: the stop still waits for the random columns to resolve the next Ritz value
+    (the check that no larger eigenvalue was missed, issue #12), so the warm column
+    saves nothing here at tol=1e-8 (along a trajectory it does: test_block_eigen). A
+    dict and its flat array are the same start; a start that is zero, non-finite or
+    mis-shaped is refused."""
     land, ev = digits_small
     cold = H.eigenvalues(land, 1, tol=1e-8)
     warm = H.eigenvalues(land, 1, tol=1e-8, v0=cold.vectors[0])
     np.testing.assert_allclose(warm.values, ev[-1], rtol=1e-7)
-    assert warm.matvecs <= 3 < cold.matvecs
+    assert warm.converged and warm.matvecs <= cold.matvecs
     flat = V.flatten(cold.vectors[0]).numpy()
     again = H.eigenvalues(land, 1, tol=1e-8, v0=flat)
     assert again.values[0] == warm.values[0] and again.matvecs == warm.matvecs
