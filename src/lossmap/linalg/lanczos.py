@@ -246,7 +246,7 @@ def lanczos_quadrature(
     ([1.0, 2.0, 4.0], [0.33333333, 0.33333333, 0.33333333], 3)
     """
     n = len(v0)
-    Q = np.empty((steps + 1, n))
+    Q = np.empty((min(steps + 1, FIRST_BASIS_ROWS), n))  # grows by doubling, as in lanczos
     Q[0] = v0 / np.linalg.norm(v0)
     alpha: list[float] = []
     beta: list[float] = []
@@ -258,6 +258,8 @@ def lanczos_quadrature(
         beta.append(b)
         if j == steps - 1 or b <= 1e-10 * max(1.0, abs(a)):
             break
+        if j + 1 == len(Q):
+            Q = np.concatenate([Q, np.empty((min(len(Q), steps + 1 - len(Q)), n))])
         Q[j + 1] = w / b
     theta, s = tridiagonal_eigh(alpha, beta)
     wq = s[0] ** 2
