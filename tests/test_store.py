@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,21 @@ def test_stale_temporaries_match_atomic_path_only(tmp_path: Path) -> None:
     (tmp_path / "notes.tmp.txt").write_text("mine")
     (tmp_path / "link.abcdefgh.tmp.h5").symlink_to(tmp_path / "surface.h5")
     assert sorted(p.name for p in stale_temporaries(tmp_path)) == sorted(leftovers)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_files_get_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    """A result written through a temporary file is readable as a plain ``open()`` would
+    make it (0644 under umask 022), not mkstemp's 0600 (a report.html nobody else could
+    open); the umask still rules (077 keeps it private)."""
+    from lossmap.results import atomic_path
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "report.html") as tmp:
+            tmp.write_text("<p>")
+        (tmp_path / "plain.html").write_text("<p>")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(tmp_path / "report.html").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.html").st_mode) == 0o666 & ~umask
