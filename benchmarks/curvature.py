@@ -1120,7 +1120,7 @@ def header(quick: bool) -> list[str]:
         + "; ".join(
             f"{name} {version(dist)}{' (' + err + ')' if err else ''}" for name, dist, err in peers
         ),
-        f"- command: `python benchmarks/curvature.py{' --quick' if quick else ''}`",
+        f"- command: `python benchmarks/curvature.py{''.join(' ' + a for a in sys.argv[1:])}`",
         "",
     ]
 
