@@ -312,7 +312,7 @@ What it shows:
 Total wall time {total:.0f} s ({sum(s["matvecs"] for _, s in rows):.0f} Hessian-vector products).
 Each λ_max after a run's first starts block Lanczos from the previous top eigenvector as
 one column of the block, the others random (`gradient_descent(warm_start=True)`, the
-default). {check} Block vs single-vector Lanczos against a `tol=1e-10` reference:
+default). {check} Block vs single-vector Lanczos against ARPACK at `tol=1e-10`:
 `--compare`, [edge_of_stability_block.md](edge_of_stability_block.md).
 """
     out.write_text(doc)
