@@ -1262,11 +1262,24 @@ def eigen_goals(p: Problem, eig: list[EigRow], label: str = "lossmap eigenvalues
                 )
                 continue
             ok = acc and mine.run.hvps <= best.run.hvps
+            info = next(
+                (
+                    r
+                    for r in eig
+                    if r.model == p.key and r.k == k and r.method == f"{method} (info)"
+                ),
+                None,
+            )
+            extra = (
+                f"; at tol={target:.0e} (the target) {info.run.hvps} HVPs, err {info.err:.1e}"
+                if info is not None and isinstance(info.run, Run)
+                else ""
+            )
             out.append(
                 f"- top-{k} on {p.key} to {target:.0e} in ≤ the best peer's HVPs, {method} "
                 f"(tol=1e-6): {'**holds**' if ok else '**fails**'} — err {mine.err:.1e} in "
                 f"{mine.run.hvps} HVPs; best peer: {best.method} ({best.setting}) err "
-                f"{best.err:.1e} in {best.run.hvps} HVPs"
+                f"{best.err:.1e} in {best.run.hvps} HVPs{extra}"
             )
     return out
 
@@ -1487,6 +1500,12 @@ def ggn_eigen_rows(p: Problem, reps: int) -> list[EigRow]:
         lambda: lm_run(1e-6, "lanczos"),
         False,
     )
+    add(
+        "lossmap eigenvalues(GGNOperator), method='lanczos' (info)",
+        "tol=1e-5 (single-vector, the target itself)",
+        lambda: lm_run(1e-5, "lanczos"),
+        False,
+    )
     if curvlinops is not None:
         add(
             "curvlinops GGNLinearOperator + scipy eigsh",
@@ -1648,6 +1667,20 @@ def ggn_section(
     return lines
 
 
+def write_section(
+    lines: list[str], target: Path | None, t_start: float, log: Callable[[str], None]
+) -> int:
+    """One section run alone (``--models G``, ``E`` or ``C``): the total time appended,
+    the page printed and written to ``target`` (``None``: printed only)."""
+    lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if target is not None:
+        target.write_text(text)
+        log(f"wrote {target}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="model A only, fewer seeds (< 1 min)")
@@ -1676,14 +1709,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--models takes letters from 'ABCEG', got {models!r}")
     if models == "G":  # the GGN section alone
         lines += ggn_section(repeats, seeds, log, quick=args.quick)
-        lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")
-        text = "\n".join(lines) + "\n"
-        print(text)
-        target = args.out or RESULTS / "curvature_ggn.md"
-        if target is not None:
-            target.write_text(text)
-            log(f"wrote {target}")
-        return 0
+        return write_section(lines, args.out or RESULTS / "curvature_ggn.md", t_start, log)
     if models == "E":  # section 1 alone (the top eigenvalues of A and B) and its goals
         probs = [problem_a(), problem_b()]
         eig = [r for p in probs for r in eigen_rows(p, args.quick)]
@@ -1694,24 +1720,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         lines += ["", "## 1. Top eigenvalues", "", *eigen_table(eig), "", "## Goals", ""]
         lines += [g for p in probs for g in eigen_goals(p, eig)]
-        lines += ["", f"Total run time: {time.perf_counter() - t_start:.0f} s."]
-        text = "\n".join(lines) + "\n"
-        print(text)
+        lines.append("")
         target = args.out or (None if args.quick else RESULTS / "curvature_eigen.md")
-        if target is not None:
-            target.write_text(text)
-            log(f"wrote {target}")
-        return 0
+        return write_section(lines, target, t_start, log)
     if models == "C":  # the CNN rows alone
         lines += cnn_section(repeats)
-        lines.append(f"Total run time: {time.perf_counter() - t_start:.0f} s.")
-        text = "\n".join(lines) + "\n"
-        print(text)
         target = args.out or (None if args.quick else RESULTS / "curvature_cnn.md")
-        if target is not None:
-            target.write_text(text)
-            log(f"wrote {target}")
-        return 0
+        return write_section(lines, target, t_start, log)
     builders = [b for key, b in (("A", problem_a), ("B", problem_b)) if key in models]
     problems, eig, tr, costs, hvp_errs = [], [], [], {}, {}
     dens: list[DensityRow] = []
