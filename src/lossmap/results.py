@@ -373,20 +373,6 @@ def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return out
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux shows it, else by
-    setting it and putting it back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path next to ``path``, renamed onto it when the block succeeds and
@@ -394,9 +380,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    mask = os.umask(0o022)  # os has no getter: set it and put it back
+    os.umask(mask)
     try:  # mkstemp makes it 0600; a result file gets the mode open() would give it
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~mask)
     finally:
         os.close(fd)
     try:

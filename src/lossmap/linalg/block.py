@@ -165,7 +165,7 @@ def block_lanczos(
     v0: np.ndarray | None = None,
     seed: int = 0,
 ) -> BlockResult:
-    """The ``k`` extreme eigenpairs of a symmetric ``A``, by block Lanczos.
+    """The ``k`` extreme eigenpairs of a symmetric ``A``, by block Lanczos: a :class:`BlockResult`.
 
     Rayleigh–Ritz on the block Krylov space ``span[V, AV, A²V, …]`` of a start block
     ``V`` ``[n, p]`` (Golub & Underwood 1977; Saad, *Numerical Methods for Large
@@ -173,10 +173,8 @@ def block_lanczos(
     reorthogonalised. ``V``: the columns of ``v0`` (a warm start), then Gaussian ones
     from ``seed``, at least one. Stops when each wanted Ritz value has an error bound
     ``e_i = min(r_i, r_i² / δ_i) <= tol * |θ_i|`` (residuals ``r_i = ||A y_i − θ_i y_i||``
-    from the recurrence, no extra products), on an invariant subspace, or at ``max_iter``;
-    the bounds count only once the ``(k+1)``-th Ritz value has converged too (see
-    :func:`_error_bounds`: a warm column near the second eigenvector otherwise stops
-    the run before the random columns have left the bulk).
+    from the recurrence, no extra products) and the ``(k+1)``-th Ritz value has
+    converged too (:func:`_error_bounds`), on an invariant subspace, or at ``max_iter``.
 
     What ``converged`` means, precisely:
 
@@ -185,18 +183,15 @@ def block_lanczos(
       Eigenvalue Problem*, 1998, Thm. 11.5.1), and ``θ_i <= λ_i`` (interlacing, LA).
     - *With high probability over the random columns, not certified*: no eigenvalue
       was missed (the ``k + 1`` extreme Ritz values approximate the ``k + 1`` extreme
-      eigenvalues in order). No Krylov method can certify this: a start with no
-      component along an eigenvector never sees it. A Gaussian block sees every
-      eigenvector and, when at most ``p`` eigenvalues form the cluster at the wanted
-      end, converges at a rate set by the gap below the block, not inside the
+      eigenvalues in order; no Krylov method can certify it). A Gaussian block sees
+      every eigenvector and, when at most ``p`` eigenvalues form the cluster at the
+      wanted end, converges at a rate set by the gap below the block, not inside the
       cluster (Musco & Musco 2015, "Randomized block Krylov methods for stronger and
       faster approximate singular value decomposition", NeurIPS, Thms. 1 and 13); the
-      stop waits until the ``(k+1)``-th Ritz value has converged, so the random
-      columns have resolved the top of the spectrum. Then ``|θ_i − λ_i| <= e_i <=
-      tol * |θ_i|`` (Kato–Temple with a lower bound on the gap, :func:`_error_bounds`).
-      Measured: 0 misses in 630 edge-of-stability λ_max (2/η = 6, 9, 12, ten seeds,
-      warm-started) and 160 blind-start clusters of 2-8 eigenvalues 1e-3 wide;
-      ``benchmarks/results/edge_of_stability_block.md``.
+      stop waits for the ``(k+1)``-th Ritz value, so the random columns have resolved
+      the top of the spectrum. Then ``|θ_i − λ_i| <= e_i <= tol * |θ_i|`` (Kato–Temple,
+      :func:`_error_bounds`). Measured misses: none in 630 edge-of-stability λ_max and
+      160 blind-start clusters (``benchmarks/results/edge_of_stability_block.md``).
 
     Args:
         matmat: ``X -> A X`` for ``X`` ``[n, p]`` float64, ``A`` symmetric.
@@ -209,10 +204,6 @@ def block_lanczos(
             default ``max(300, 20 k)``, at most ``n``.
         v0: warm-start vectors ``[n]`` or ``[n, m]`` with ``m < p``.
         seed: seeds ``numpy.random.default_rng`` for the random columns.
-
-    Returns:
-        :class:`BlockResult` ``(values, vectors, residuals, bounds, matvecs, converged,
-        block)``.
 
     >>> A = np.diag([3.0, 2.999, 2.998, 1.0, 0.5, 0.1])
     >>> res = block_lanczos(lambda X: A @ X, 6, k=2, tol=1e-10)
