@@ -6,7 +6,8 @@ the files it must not touch as they were.
 The command runs in this process (``conftest.cli_result``: the same ``main``, its exit
 status and output, from the same working directory, with the modules a ``--model``
 imported forgotten after each run), except where the process is the point: a command
-SIGKILLed during its final write, and a crafted result file read under a memory limit."""
+SIGKILLed during its final write, and crafted result files read under a memory limit
+(all in one subprocess)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import cli_result, one_line_error, run_lossmap
+from conftest import SUBPROCESS_TIMEOUT, cli_result, one_line_error, run_lossmap
 
 pytestmark = pytest.mark.slow
 
@@ -418,7 +419,10 @@ def test_safetensors_checkpoint_loads(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert lm.load(out / "line.h5").meta["theta0_norm"] == pytest.approx((2.5**2 + 1) ** 0.5)
     (tmp_path / "cut.safetensors").write_bytes(ckpt.read_bytes()[:-4])
-    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "cut.safetensors")])
+    r = _run(
+        ["line", "--example", "linear", "--checkpoint", str(tmp_path / "cut.safetensors")],
+        cwd=tmp_path,
+    )
     _one_line(r, "not a readable safetensors file", "cut.safetensors")
 
 
@@ -430,7 +434,9 @@ def test_safetensors_without_the_package_says_what_to_install(tmp_path: Path, mo
     header = b'{"weight":{"dtype":"F64","shape":[1,1],"data_offsets":[0,8]}}'
     data = len(header).to_bytes(8, "little") + header + bytes(8)
     (tmp_path / "model.bin").write_bytes(data)  # detected by its layout, not its name
-    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "model.bin")])
+    r = _run(
+        ["line", "--example", "linear", "--checkpoint", str(tmp_path / "model.bin")], cwd=tmp_path
+    )
     _one_line(r, "safetensors file", "pip install safetensors")
 
 
@@ -490,27 +496,75 @@ CRAFTED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("kind", "coords", "values"), [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED]
+# Each command in the same fresh process, its exit status and output apart (as JSON).
+_COMMANDS_IN_ONE_PROCESS = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from lossmap.cli import main
+
+    done = {}
+    for name, args in json.loads(sys.argv[1]).items():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        done[name] = [code, out.getvalue(), err.getvalue()]
+    print(json.dumps(done))
+    """
 )
-def test_crafted_result_file_is_refused_before_reading(
-    tmp_path: Path,
-    kind: str,
-    coords: dict,
-    values: dict,  # type: ignore[type-arg]
-) -> None:
-    path = _crafted(tmp_path / "surface.h5", kind, coords, values)
-    assert path.stat().st_size < 100_000
-    args = ["plot", str(path), "--out", str(tmp_path / "figs")]
-    r = run_lossmap(args, preexec_fn=_limit_memory)
-    _one_line(r, "surface.h5", "not a valid lossmap result")
-    assert not (tmp_path / "figs").exists()
 
 
-def test_crafted_spectrum_is_refused_before_reading(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def crafted_plots(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """``lossmap plot`` of each crafted file (CRAFTED, and a spectrum whose density is
+    far longer than its grid), each in its own folder, all in one subprocess under the
+    2 GiB memory limit (one Python start instead of six): each folder and its command's
+    exit status and output."""
+    root = tmp_path_factory.mktemp("crafted")
+    jobs = {}
+    for name, kind, coords, values in CRAFTED:
+        (root / name).mkdir()
+        path = _crafted(root / name / "surface.h5", kind, coords, values)
+        jobs[name] = ["plot", str(path), "--out", str(root / name / "figs")]
     arrays = {"grid": [0.0, 1.0], "density": (10**9,), "nodes": [[1.0]], "weights": [[1.0]]}
-    path = _crafted(tmp_path / "spectrum.h5", "spectrum", {}, arrays, group="arrays")
-    r = run_lossmap(["plot", str(path)], preexec_fn=_limit_memory)
+    (root / "spectrum").mkdir()
+    path = _crafted(root / "spectrum" / "spectrum.h5", "spectrum", {}, arrays, group="arrays")
+    jobs["spectrum"] = ["plot", str(path)]
+    r = subprocess.run(
+        [sys.executable, "-c", _COMMANDS_IN_ONE_PROCESS, json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        preexec_fn=_limit_memory,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    return {
+        name: (root / name, subprocess.CompletedProcess(args, *done[name]))
+        for name, args in jobs.items()
+    }
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CRAFTED])
+def test_crafted_result_file_is_refused_before_reading(
+    crafted_plots: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], name: str
+) -> None:
+    folder, r = crafted_plots[name]
+    assert (folder / "surface.h5").stat().st_size < 100_000
+    _one_line(r, "surface.h5", "not a valid lossmap result")
+    assert not (folder / "figs").exists()
+
+
+def test_crafted_spectrum_is_refused_before_reading(
+    crafted_plots: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
+) -> None:
+    _folder, r = crafted_plots["spectrum"]
     _one_line(r, "density", "does not match its grid")
 
 
