@@ -28,8 +28,11 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# The suite on two pytest-xdist workers, one per core (each computes on one thread, see
+# tests/conftest.py), a test module to a worker (its module-scoped fixtures built once).
+PYTEST_XDIST ?= -n 2 --dist loadfile
 test: setup lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST)
 
 # Headless Chromium for the report's browser test (tests/test_report.py): Debian's
 # chromium and chromium-driver, installed as root where apt-get exists (as CI runs).
@@ -55,7 +58,7 @@ test-loaded: setup lint
 	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq $(LOAD_RUNS)); do \
 	  t0=$$(date +%s); \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider || { echo "test-loaded: run $$i FAILED"; exit 1; }; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_XDIST) || { echo "test-loaded: run $$i FAILED"; exit 1; }; \
 	  echo "test-loaded: run $$i of $(LOAD_RUNS) green in $$(( $$(date +%s) - t0 )) s (load: $$(cut -d' ' -f1 /proc/loadavg))"; \
 	done
 

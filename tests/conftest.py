@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import logging
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker and the
+# commands it starts compute on one thread: two workers of two threads each would
+# oversubscribe the cores (OpenMP and OpenBLAS threads busy-wait). Set before torch and
+# numpy are imported, so that their thread pools start at that size.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 # A subprocess's time limit only guards against a hang: the suite must pass at any
 # machine load (a command that takes 5 s on an idle machine took 16x that at load 11).
@@ -26,15 +44,104 @@ def run_lossmap(args: list[str], **kw) -> subprocess.CompletedProcess[str]:  # t
     )
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``lossmap ARGS`` in this process (faster than a subprocess): exit status, stdout, stderr."""
+def _installed(module: object) -> bool:
+    """Whether a module comes with Python, an installed package or lossmap itself (not
+    from a test's folder: a user factory that ``--model`` imported)."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return True
+    roots = (sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[1] / "src"))
+    return str(Path(file).resolve()).startswith(tuple(str(Path(r).resolve()) for r in roots))
+
+
+def run_cli(
+    args: list[str],
+    capsys: pytest.CaptureFixture[str] | None = None,
+    *,
+    cwd: str | Path | None = None,
+) -> tuple[int, str, str]:
+    """``lossmap ARGS`` in this process (faster than a subprocess), run from ``cwd``:
+    exit status, stdout, stderr (read from ``capsys``, or captured here without it, as
+    in a module-scoped fixture).
+
+    What a command changes in the process for the user's code is undone afterwards, as
+    a fresh process would start without it: the import path, and the modules that
+    ``--model`` imported from the test's files (so that a later run imports them anew,
+    and a test that checks a factory module's import ran cannot see an earlier one)."""
     from lossmap.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
+    if capsys is not None:
+        capsys.readouterr()  # what the test printed before is not the command's
+    out, err = io.StringIO(), io.StringIO()
+    path, modules, here = list(sys.path), dict(sys.modules), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.ExitStack() as stack:
+            if capsys is None:
+                stack.enter_context(contextlib.redirect_stdout(out))
+                stack.enter_context(contextlib.redirect_stderr(err))
+            # lossmap's warnings reach stderr through logging's last resort in a fresh
+            # process; here pytest's log capture holds the root logger, so say them as it
+            # would: the message alone, on (this command's) stderr.
+            handler = logging.StreamHandler()
+            handler.setLevel(logging.WARNING)
+            logger = logging.getLogger("lossmap")
+            logger.addHandler(handler)
+            stack.callback(logger.removeHandler, handler)
+            with pytest.raises(SystemExit) as e:
+                main([*args])
+                raise SystemExit(0)
+    finally:
+        os.chdir(here)
+        sys.path[:] = path
+        for name, module in list(sys.modules.items()):
+            if modules.get(name) is not module and not _installed(module):
+                if name in modules:
+                    sys.modules[name] = modules[name]
+                else:
+                    del sys.modules[name]
+    if capsys is not None:
+        got = capsys.readouterr()
+        out.write(got.out)
+        err.write(got.err)
+    code = e.value.code
+    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
+
+
+def cli_result(
+    args: list[str],
+    capsys: pytest.CaptureFixture[str] | None = None,
+    *,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` as a :class:`subprocess.CompletedProcess` (for :func:`one_line_error`
+    and the checks written for ``run_lossmap``)."""
+    code, out, err = run_cli(args, capsys, cwd=cwd)
+    return subprocess.CompletedProcess(["lossmap", *args], code, out, err)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``lossmap demo`` run once for the session (an 11 x 11 plane instead of the default
+    41 x 41: the same results, quicker): its run folder and what it printed. Tests only
+    read it (one that changes files works on a copy).
+
+    It trains two digits MLPs, about half the demo's time; under pytest-xdist the first
+    worker to need it runs it and the others wait for it (a lock on a file in the
+    session's shared temporary folder), then read the same folder."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the controller's, one per session
+    out, printed = shared / "demo" / "run", shared / "demo" / "stdout.txt"
+    out.parent.mkdir(exist_ok=True)
+    with open(shared / "demo" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not printed.exists():
+            code, stdout, stderr = run_cli(["demo", "--out", str(out), "--steps", "11"])
+            assert code == 0, stderr
+            printed.write_text(stdout, encoding="utf-8")
+    return out, printed.read_text(encoding="utf-8")
 
 
 @pytest.fixture

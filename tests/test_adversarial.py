@@ -1,18 +1,25 @@
-"""Trying to break lossmap through the real command, in a subprocess: a run folder is
-data that people share, so nothing in it may run code, write outside ``--out``, or lose
-journaled work. Each case gets one line on stderr, a non-zero exit where nothing was
-done, and leaves the files it must not touch as they were."""
+"""Trying to break lossmap through the real command: a run folder is data that people
+share, so nothing in it may run code, write outside ``--out``, or lose journaled work.
+Each case gets one line on stderr, a non-zero exit where nothing was done, and leaves
+the files it must not touch as they were.
+
+The command runs in this process (``conftest.cli_result``: the same ``main``, its exit
+status and output, from the same working directory, with the modules a ``--model``
+imported forgotten after each run), except where the process is the point: a command
+SIGKILLed during its final write, and crafted result files read under a memory limit
+(all in one subprocess)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, run_lossmap
+from conftest import SUBPROCESS_TIMEOUT, cli_result, one_line_error, run_lossmap
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +36,7 @@ INNOCENT = textwrap.dedent(
 )
 
 
-_run = run_lossmap
+_run = cli_result
 
 
 _one_line = one_line_error
@@ -64,35 +71,35 @@ def _run_folder(root: Path, argv: list[str], **extra: object) -> Path:
     return run
 
 
-def test_rerun_never_imports_a_recorded_model(tmp_path: Path) -> None:
+def test_rerun_never_imports_a_recorded_model(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     run = _run_folder(tmp_path, ["line", "--model", "innocent:f", "--steps", "3"])
     mine = tmp_path / "mine"
     mine.mkdir()
-    r = _run(["rerun", str(run)], cwd=mine)
+    r = _run(["rerun", str(run)], capsys, cwd=mine)
     _one_line(r, "--model 'innocent:f'", "runs its code", "repeating")
     assert "rerun: lossmap line --model innocent:f" in r.stdout  # shows what it would run
     assert not (tmp_path / "theirs" / "MARKER").exists()
     assert not (run / "rerun").exists()
 
 
-def test_rerun_runs_a_model_the_user_repeats_from_the_users_cwd(tmp_path: Path) -> None:
+def test_rerun_runs_a_model_the_user_repeats_from_the_users_cwd(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """Repeating --model is consent; the factory is looked up from the user's own folder,
     never from the recorded cwd."""
     run = _run_folder(tmp_path, ["line", "--model", "innocent.py:f", "--steps", "3"])
     mine = tmp_path / "mine"
     mine.mkdir()
-    r = _run(["rerun", str(run), "--model", "innocent.py:f"], cwd=mine)
+    r = _run(["rerun", str(run), "--model", "innocent.py:f"], capsys, cwd=mine)
     _one_line(r, "no file innocent.py")  # not found here: the recorded cwd is not used
     assert not (tmp_path / "theirs" / "MARKER").exists()
     (mine / "innocent.py").write_text(INNOCENT)
-    r = _run(["rerun", str(run), "--model", "innocent.py:f"], cwd=mine)
+    r = _run(["rerun", str(run), "--model", "innocent.py:f"], capsys, cwd=mine)
     assert r.returncode == 0, r.stderr
     assert (mine / "MARKER").exists() and not (tmp_path / "theirs" / "MARKER").exists()
     again = json.loads((run / "rerun" / "run.json").read_text())
     assert again["argv"][0] == "line"  # the repeated run records its own command
 
 
-def test_rerun_never_unpickles_without_the_users_trust(tmp_path: Path) -> None:
+def test_rerun_never_unpickles_without_the_users_trust(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     import torch
 
     run = _run_folder(
@@ -102,7 +109,7 @@ def test_rerun_never_unpickles_without_the_users_trust(tmp_path: Path) -> None:
     there = tmp_path / "theirs"
     torch.save({"model": _Evil(str(there / "PWNED"))}, there / "weights.pt")
     for cwd in (there, tmp_path):  # even run from the folder holding weights.pt
-        r = _run(["rerun", str(run)], cwd=cwd)
+        r = _run(["rerun", str(run)], capsys, cwd=cwd)
         _one_line(r, "--trust-checkpoint", "runs code")
     assert not (there / "PWNED").exists()
 
@@ -132,11 +139,11 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("text", [m[1] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
-def test_rerun_malformed_run_json_is_one_line(tmp_path: Path, text: str) -> None:
+def test_rerun_malformed_run_json_is_one_line(tmp_path: Path, text: str, capsys) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "run1"
     run.mkdir()
     (run / "run.json").write_text(text)
-    r = _run(["rerun", str(run)], cwd=tmp_path)
+    r = _run(["rerun", str(run)], capsys, cwd=tmp_path)
     _one_line(r, "run.json")
     assert sorted(p.name for p in run.iterdir()) == ["run.json"]
 
@@ -181,12 +188,12 @@ TYPOS = [
 
 @pytest.mark.parametrize(("args", "needles"), [t[1:] for t in TYPOS], ids=[t[0] for t in TYPOS])
 def test_a_typo_with_restart_loses_no_journal_row(
-    journaled: Path, args: list[str], needles: list[str]
+    journaled: Path, args: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = _rows(journaled)
     assert before == 40
     base = ["line", "--example", "linear", "--steps", "40", "--out", str(journaled)]
-    r = _run([*base, *args, "--restart"])
+    r = _run([*base, *args, "--restart"], capsys)
     _one_line(r, *needles)
     assert _rows(journaled) == before
 
@@ -223,13 +230,13 @@ def _killed_at(tmp_path: Path, name: str, args: list[str]) -> subprocess.Complet
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": str(hook), "LOSSMAP_TEST_KILL_AT": name}
-    r = _run(args, env=env)
+    r = run_lossmap(args, env=env)
     assert r.returncode == -9, r.stderr
     return r
 
 
 def _status(out: Path) -> str:
-    r = _run(["status", str(out)])
+    r = _run(["status", str(out)])  # captured here: no capsys needed
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -412,20 +419,24 @@ def test_safetensors_checkpoint_loads(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert lm.load(out / "line.h5").meta["theta0_norm"] == pytest.approx((2.5**2 + 1) ** 0.5)
     (tmp_path / "cut.safetensors").write_bytes(ckpt.read_bytes()[:-4])
-    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "cut.safetensors")])
+    r = _run(
+        ["line", "--example", "linear", "--checkpoint", str(tmp_path / "cut.safetensors")],
+        cwd=tmp_path,
+    )
     _one_line(r, "not a readable safetensors file", "cut.safetensors")
 
 
-def test_safetensors_without_the_package_says_what_to_install(tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['safetensors'] = None\n")
+def test_safetensors_without_the_package_says_what_to_install(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # As in a Python without the package: importing it raises ImportError.
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     # the safetensors layout: 8-byte header length, then a JSON header
     header = b'{"weight":{"dtype":"F64","shape":[1,1],"data_offsets":[0,8]}}'
     data = len(header).to_bytes(8, "little") + header + bytes(8)
     (tmp_path / "model.bin").write_bytes(data)  # detected by its layout, not its name
-    env = {**os.environ, "PYTHONPATH": str(hook)}
-    r = _run(["line", "--example", "linear", "--checkpoint", str(tmp_path / "model.bin")], env=env)
+    r = _run(
+        ["line", "--example", "linear", "--checkpoint", str(tmp_path / "model.bin")], cwd=tmp_path
+    )
     _one_line(r, "safetensors file", "pip install safetensors")
 
 
@@ -485,26 +496,75 @@ CRAFTED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("kind", "coords", "values"), [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED]
+# Each command in the same fresh process, its exit status and output apart (as JSON).
+_COMMANDS_IN_ONE_PROCESS = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from lossmap.cli import main
+
+    done = {}
+    for name, args in json.loads(sys.argv[1]).items():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        done[name] = [code, out.getvalue(), err.getvalue()]
+    print(json.dumps(done))
+    """
 )
-def test_crafted_result_file_is_refused_before_reading(
-    tmp_path: Path,
-    kind: str,
-    coords: dict,
-    values: dict,  # type: ignore[type-arg]
-) -> None:
-    path = _crafted(tmp_path / "surface.h5", kind, coords, values)
-    assert path.stat().st_size < 100_000
-    r = _run(["plot", str(path), "--out", str(tmp_path / "figs")], preexec_fn=_limit_memory)
-    _one_line(r, "surface.h5", "not a valid lossmap result")
-    assert not (tmp_path / "figs").exists()
 
 
-def test_crafted_spectrum_is_refused_before_reading(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def crafted_plots(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """``lossmap plot`` of each crafted file (CRAFTED, and a spectrum whose density is
+    far longer than its grid), each in its own folder, all in one subprocess under the
+    2 GiB memory limit (one Python start instead of six): each folder and its command's
+    exit status and output."""
+    root = tmp_path_factory.mktemp("crafted")
+    jobs = {}
+    for name, kind, coords, values in CRAFTED:
+        (root / name).mkdir()
+        path = _crafted(root / name / "surface.h5", kind, coords, values)
+        jobs[name] = ["plot", str(path), "--out", str(root / name / "figs")]
     arrays = {"grid": [0.0, 1.0], "density": (10**9,), "nodes": [[1.0]], "weights": [[1.0]]}
-    path = _crafted(tmp_path / "spectrum.h5", "spectrum", {}, arrays, group="arrays")
-    r = _run(["plot", str(path)], preexec_fn=_limit_memory)
+    (root / "spectrum").mkdir()
+    path = _crafted(root / "spectrum" / "spectrum.h5", "spectrum", {}, arrays, group="arrays")
+    jobs["spectrum"] = ["plot", str(path)]
+    r = subprocess.run(
+        [sys.executable, "-c", _COMMANDS_IN_ONE_PROCESS, json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        preexec_fn=_limit_memory,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    return {
+        name: (root / name, subprocess.CompletedProcess(args, *done[name]))
+        for name, args in jobs.items()
+    }
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CRAFTED])
+def test_crafted_result_file_is_refused_before_reading(
+    crafted_plots: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], name: str
+) -> None:
+    folder, r = crafted_plots[name]
+    assert (folder / "surface.h5").stat().st_size < 100_000
+    _one_line(r, "surface.h5", "not a valid lossmap result")
+    assert not (folder / "figs").exists()
+
+
+def test_crafted_spectrum_is_refused_before_reading(
+    crafted_plots: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
+) -> None:
+    _folder, r = crafted_plots["spectrum"]
     _one_line(r, "density", "does not match its grid")
 
 

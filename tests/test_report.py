@@ -38,26 +38,11 @@ def _z(values: np.ndarray) -> list[list[float | None]]:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in values.T]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The demo's run folder (built once for the module: a smaller plane than the
+@pytest.fixture
+def demo(demo_run: tuple[Path, str]) -> tuple[Path, str]:
+    """The demo's run folder (``conftest.demo_run``, built once: a smaller plane than the
     default, the same results) and what the command printed."""
-    import contextlib
-    import io
-
-    from lossmap.cli import main
-
-    out = tmp_path_factory.mktemp("report") / "demo"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with (
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-        pytest.raises(SystemExit) as e,
-    ):
-        main(["demo", "--out", str(out), "--steps", "11"])
-        raise SystemExit(0)
-    assert not e.value.code, stderr.getvalue()
-    return out, stdout.getvalue()
+    return demo_run
 
 
 def test_every_command_writes_the_report_and_names_it(demo: tuple[Path, str]) -> None:

@@ -1,12 +1,13 @@
 """Long runs survive: a plane killed mid-grid (SIGKILL, SIGTERM) resumes to the same file.
 
-These start the real command in a subprocess and kill it while it works.
+These start the real command in a subprocess and kill it while it works; the runs that
+are not killed (the references, the resumes, status, rerun) run the same ``main`` in
+this process (``conftest.cli_result``: ~5 s of imports faster each).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_TIMEOUT
+from conftest import SUBPROCESS_TIMEOUT, cli_result
 
 import lossmap as lm
 
@@ -57,18 +58,18 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reference(spec: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run of the same command."""
     out = tmp_path_factory.mktemp("reference")
-    ref = subprocess.run(
-        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
-    )
+    ref = cli_result(_args(spec, out))
     assert ref.returncode == 0, ref.stderr
     return out / "surface.h5"
 
 
 def _cmd(spec: str, out: Path, *extra: str) -> list[str]:
+    """``python -m lossmap`` with :func:`_args`."""
+    return [sys.executable, "-m", "lossmap", *_args(spec, out, *extra)]
+
+
+def _args(spec: str, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "lossmap",
         "plane",
         "--model",
         spec,
@@ -130,15 +131,11 @@ def test_killed_plane_resumes_to_the_same_file(
         assert killed.returncode == -signal.SIGKILL
     assert not (out / "surface.h5").exists()
 
-    status = subprocess.run(
-        [sys.executable, "-m", "lossmap", "status", str(out)], capture_output=True, text=True
-    )
+    status = cli_result(["status", str(out)])
     assert status.returncode == 0, status.stderr
     assert f"{done:,}/{POINTS} points" in status.stdout and "interrupted" in status.stdout
 
-    again = subprocess.run(
-        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
-    )
+    again = cli_result(_args(spec, out))
     assert again.returncode == 0, again.stderr
     assert f"resumed: {done} of {POINTS} points were done" in again.stdout
     meta = lm.load(out / "surface.h5").meta
@@ -153,40 +150,25 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, spec: str) -> No
     out = tmp_path / "run"
     killed = _kill_midway(_cmd(spec, out), out, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    other = subprocess.run(
-        _cmd(spec, out, "--seed", "1"), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
-    )
+    other = cli_result(_args(spec, out, "--seed", "1"))
     assert other.returncode == 2
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "seed: 0 -> 1" in lines[0] and "--restart" in lines[0]
     assert "directions:" in lines[0]  # the directions' hash differs too
     done = _done(out)
-    fresh = subprocess.run(
-        _cmd(spec, out, "--seed", "1", "--restart"),
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    fresh = cli_result(_args(spec, out, "--seed", "1", "--restart"))
     assert fresh.returncode == 0, fresh.stderr
     assert "resumed" not in fresh.stdout and done > 0
 
 
 def test_rerun_reports_a_match(tmp_path: Path, spec: str) -> None:
     out = tmp_path / "run"
-    first = subprocess.run(
-        _cmd(spec, out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
-    )
+    first = cli_result(_args(spec, out))
     assert first.returncode == 0, first.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["argv"][0] == "plane" and run["theta0_sha256"] and run["data_sha256"]["train"]
     assert run["fingerprint"]["steps"] == [STEPS, STEPS]  # per axis (--steps-beta)
-    rerun = subprocess.run(
-        [sys.executable, "-m", "lossmap", "rerun", str(out), "--model", spec],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        cwd=os.getcwd(),
-    )
+    rerun = cli_result(["rerun", str(out), "--model", spec])
     assert rerun.returncode == 0, rerun.stderr
     assert "every value matches bit for bit" in rerun.stdout
     assert (out / "rerun" / "surface.h5").exists()
@@ -225,17 +207,18 @@ def test_killed_curve_fit_resumes_to_the_same_files(tmp_path: Path, spec: str) -
         ckpts.append(tmp_path / f"end{seed}.pt")
         torch.save(sd, ckpts[-1])
 
-    def cmd(out: Path) -> list[str]:
+    def args(out: Path) -> list[str]:
         return [
-            *(sys.executable, "-m", "lossmap", "connect", *map(str, ckpts), "--model", spec),
+            *("connect", *map(str, ckpts), "--model", spec),
             *("--epochs", "30", "--batch-size", "16", "--steps", "11", "--out", str(out)),
         ]
 
     ref_out, out = tmp_path / "reference", tmp_path / "run"
-    ref = subprocess.run(cmd(ref_out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    ref = cli_result(args(ref_out))
     assert ref.returncode == 0, ref.stderr
 
-    proc = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "lossmap", *args(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + SUBPROCESS_TIMEOUT
     while not _blob_done(out, "curve/epoch/1") and time.time() < deadline:
         if proc.poll() is not None:
@@ -246,7 +229,7 @@ def test_killed_curve_fit_resumes_to_the_same_files(tmp_path: Path, spec: str) -
     proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     assert not (out / "curve.h5").exists()
 
-    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    again = cli_result(args(out))
     assert again.returncode == 0, again.stderr
     assert not list(out.glob("*.tmp*")), list(out.glob("*.tmp*"))
     for name in ("path.h5", "curve.h5"):
