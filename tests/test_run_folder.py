@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli_result, one_line_error, run_cli
 
 import lossmap as lm
 from lossmap.cli import app
@@ -109,13 +109,14 @@ def _machine_bytes() -> int:
 def test_a_failure_inside_writes_no_run_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A CliError after the folder was prepared: the folder exists, run.json does not."""
+    """A CliError after the folder was prepared: no run.json, and the folder the run
+    created, still empty, is removed again."""
     out = tmp_path / "h"
     code, stdout, err = run_cli(
         ["hessian", "--example", "linear", "--k", "3", "--out", str(out)], capsys
     )
     assert code == 2 and "--k 3" in err and not stdout
-    assert out.is_dir() and not (out / "run.json").exists()
+    assert not out.exists()
 
 
 def test_run_folder_order_and_interruption(
@@ -163,3 +164,18 @@ def test_run_folder_order_and_interruption(
     assert not (tmp_path / "b" / "run.json").exists() and capsys.readouterr().out == ""
     with pytest.raises(Exception, match="closed"):
         opened[0].get("x")  # the journal was closed on the way out
+
+
+def test_a_refused_run_leaves_no_empty_folder(tmp_path: Path, capsys) -> None:
+    """Bad input found inside the run (one checkpoint for ``connect``) is refused in
+    one line, and the default ``runs/connect`` it had created, parents included, is
+    gone again; a folder that held something before is kept."""
+    c = _checkpoints(tmp_path, 1)
+    r = cli_result(["connect", c[0], "--example", "linear"], capsys, cwd=tmp_path)
+    one_line_error(r, "two checkpoints")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    r = cli_result(["connect", c[0], "--example", "linear", "--out", "mine"], capsys, cwd=tmp_path)
+    one_line_error(r, "two checkpoints")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"

@@ -86,6 +86,8 @@ class RunFolder:
         self._after_files: dict[str, Any] = {}
         self._warnings: list[str] = []
         self._private: Path | None = None
+        self._made: list[Path] = []
+        """The folders ``__enter__`` created for ``out``, deepest first."""
 
     def __enter__(self) -> RunFolder:
         from lossmap.devices import reset_peak_memory
@@ -97,6 +99,7 @@ class RunFolder:
             self._private = Path(tempfile.mkdtemp(prefix="lossmap-rank-"))
             self.out = self._private
             return self
+        self._made = _missing_folders(self.out)
         self.out = prepare_out(self.out)
         return self
 
@@ -109,8 +112,13 @@ class RunFolder:
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
             return
-        if exc_type is not None:
-            return  # nothing more is written; main() reports the exception
+        if exc_type is not None:  # nothing more is written; main() reports the exception
+            for folder in self._made:  # a run refused before writing leaves no empty folder
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # not empty (the run wrote something: kept for a resume)
+            return
         self._write_record()
         echo_err(self._warnings)
         echo(self.summary)
@@ -245,3 +253,13 @@ def _open_journal(out: Path, fingerprint: dict[str, Any], restart: bool) -> Any:
         for tmp in stale_temporaries(out):
             tmp.unlink(missing_ok=True)
     return j
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders that creating ``out`` will make (``out`` and its missing parents),
+    deepest first."""
+    made, p = [], out
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
