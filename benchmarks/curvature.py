@@ -320,10 +320,12 @@ def et_operator(p: Problem, data: Iterable[Any] | None = None) -> tuple[Any, Met
     return op, meter
 
 
-def cl_operator(p: Problem) -> tuple[Any, Meter, float]:
+def cl_operator(p: Problem, matrix: str = "HessianLinearOperator") -> tuple[Any, Meter, float]:
+    """curvlinops' ``matrix`` operator on a copy of the model, its products metered
+    (columns counted), and the seconds its construction took."""
     model = copy.deepcopy(p.model)
     t0 = time.perf_counter()
-    op = curvlinops.HessianLinearOperator(
+    op = getattr(curvlinops, matrix)(
         model, nn.CrossEntropyLoss(), list(model.parameters()), [(p.x, p.y)]
     )
     setup = time.perf_counter() - t0
@@ -1429,15 +1431,7 @@ def ggn_problem(key: str, name: str, sizes: list[int], activation: str) -> Probl
 
 
 def cl_ggn(p: Problem) -> tuple[Any, Meter, float]:
-    model = copy.deepcopy(p.model)
-    t0 = time.perf_counter()
-    op = curvlinops.GGNLinearOperator(
-        model, nn.CrossEntropyLoss(), list(model.parameters()), [(p.x, p.y)]
-    )
-    setup = time.perf_counter() - t0
-    meter = Meter()
-    op._matmat = meter.wrap(op._matmat, width=lambda M: int(M[0].shape[-1]))
-    return op, meter, setup
+    return cl_operator(p, "GGNLinearOperator")
 
 
 def et_ggn(p: Problem) -> tuple[Any, Meter]:

@@ -162,7 +162,8 @@ def compare(land: lm.Landscape, thresholds: list[float], steps: int, every: int,
             runs = [chain(land, h, method, block, s) for s in range(n_seeds)]
             lam = np.concatenate([r[0] for r in runs])
             mv, sec = sum(r[1] for r in runs), sum(r[2] for r in runs)
-            err = np.abs(lam - np.tile(ref, n_seeds)) / np.tile(ref, n_seeds)
+            refs = np.tile(ref, n_seeds)
+            err = np.abs(lam - refs) / refs
             lines.append(
                 f"| 2/η = {thr:g} | {name} | {len(lam)} | {mv / len(lam):.1f} | {err.max():.1e} | "
                 f"{int((err > 1e-4).sum())} | {sec / len(lam):.2f} |"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 COLORMAP = "viridis"
 """The colour map of every plane, in the figures and in the HTML report
 (:mod:`lossmap.report`): perceptually uniform and readable with colour-blindness."""
+
+THETA0_MARKER: dict[str, Any] = {
+    "linestyle": "none",
+    "marker": "*",
+    "color": "#d62728",
+    "markeredgecolor": "white",
+    "label": "θ0 (trained)",
+}
+"""How θ0 (the trained point) is marked on a plane, flat or 3-D (the caller gives size
+and zorder)."""
 
 LOG_DECADES = 1.0
 """``log=None`` considers a log scale when the positive values span this many decades."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from lossmap.plot._style import (
     COLORMAP,
+    THETA0_MARKER,
     auto_log,
     check_kind,
     direction_label,
@@ -151,17 +152,7 @@ def _surface_axes(ax: Axes, result: Surface) -> None:
 def _mark_theta0(ax: Axes, result: Surface) -> None:
     t0 = result.theta0
     if t0 is not None and in_range(t0[0], result.alpha) and in_range(t0[1], result.beta):
-        ax.plot(
-            [t0[0]],
-            [t0[1]],
-            linestyle="none",
-            marker="*",
-            markersize=15,
-            color="#d62728",
-            markeredgecolor="white",
-            zorder=5,
-            label="θ0 (trained)",
-        )
+        ax.plot([t0[0]], [t0[1]], markersize=15, zorder=5, **THETA0_MARKER)
         legend_below(ax)
 
 
@@ -226,18 +217,7 @@ def _mark_theta0_3d(ax: Axes, result: Surface, zz: np.ma.MaskedArray) -> None:
     if not on_grid or np.ma.is_masked(zz[j, i]):
         return
     ax.computed_zorder = False  # type: ignore[attr-defined]  # the star over the facets
-    ax.plot(
-        [t0[0]],
-        [t0[1]],
-        [float(zz[j, i])],
-        linestyle="none",
-        marker="*",
-        markersize=14,
-        color="#d62728",
-        markeredgecolor="white",
-        zorder=10,
-        label="θ0 (trained)",
-    )
+    ax.plot([t0[0]], [t0[1]], [float(zz[j, i])], markersize=14, zorder=10, **THETA0_MARKER)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
 
 

@@ -81,12 +81,13 @@ class Page:
     def add(self, anchor: str, title: str, body: str) -> None:
         self.sections.append((anchor, title, body))
 
+    def _names(self, kind: type) -> list[str]:
+        """The names of the runs' results of ``kind``, in first-seen order."""
+        found = (n for r in self.runs for n, v in r.results.items() if isinstance(v, kind))
+        return list(dict.fromkeys(found))
+
     def planes(self) -> None:
-        names = list(
-            dict.fromkeys(
-                n for r in self.runs for n, v in r.results.items() if isinstance(v, Surface)
-            )
-        )
+        names = self._names(Surface)
         for name in names:
             gid = f"plane-{name}"
             settings, figs, values = plane_group(self.runs, name, gid)
@@ -113,11 +114,7 @@ class Page:
             self.add(gid, title, note + _controls(gid, settings) + rows + axes)
 
     def curves(self) -> None:
-        names = list(
-            dict.fromkeys(
-                n for r in self.runs for n, v in r.results.items() if isinstance(v, Curve)
-            )
-        )
+        names = self._names(Curve)
         for name in names:
             gid = f"curve-{name}"
             settings, figs = curve_group(self.runs, name, gid)
